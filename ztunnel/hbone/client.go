@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/net/http2/hpack"
 
+	"github.com/strait-mesh/strait/identity/tlsconfig"
 	"github.com/strait-mesh/strait/ztunnel/hbone/internal/h2"
 )
 
@@ -290,7 +291,7 @@ func (c *Client) openConn(ctx context.Context, key Key) (*clientConn, error) {
 		tc.Close()
 		return nil, fmt.Errorf("hbone: %s did not negotiate ALPN h2 (got %q)", key.DstAddr, state.NegotiatedProtocol)
 	}
-	peer, err := PeerIDFromState(state)
+	peer, err := tlsconfig.PeerID(state)
 	if err != nil {
 		tc.Close()
 		return nil, err

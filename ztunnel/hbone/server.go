@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/net/http2/hpack"
 
+	"github.com/strait-mesh/strait/identity/tlsconfig"
 	"github.com/strait-mesh/strait/ztunnel/hbone/internal/h2"
 	"github.com/strait-mesh/strait/ztunnel/relay"
 )
@@ -121,7 +122,7 @@ func (c ServerConfig) populate() ServerConfig {
 		c.MaxHandshakes = 256
 	}
 	if c.PeerID == nil {
-		c.PeerID = PeerIDFromState
+		c.PeerID = tlsconfig.PeerID
 	}
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
