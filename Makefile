@@ -10,7 +10,7 @@ INTEROP_MODULES := internal/istiointerop
 CMDS := $(shell $(GO) list -f '{{if eq .Name "main"}}{{.ImportPath}}{{end}}' ./... 2>/dev/null)
 TEST_FLAGS ?= -race -shuffle=on -timeout 20m
 
-.PHONY: help build test test-unit test-interop lint fmt bench-smoke tools clean
+.PHONY: help build test test-unit test-allocs test-interop lint fmt bench-smoke tools clean
 
 help: ## list targets
 	@grep -hE '^[a-z][a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -20,10 +20,13 @@ build: ## static binaries (CGO off) into bin/
 	@if [ -n "$(CMDS)" ]; then CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/ $(CMDS); fi
 	@ls $(BIN)
 
-test: test-unit test-interop ## every test, -race, shuffled (root-only tests skip with a reason when not root)
+test: test-unit test-allocs test-interop ## every test, -race, shuffled (root-only tests skip with a reason when not root)
 
 test-unit: ## tests of the main module
 	$(GO) test $(TEST_FLAGS) ./...
+
+test-allocs: ## allocation budgets (without -race, which makes sync.Pool drop items)
+	$(GO) test -count=1 -run 'AllocBudget|NoAllocs' ./...
 
 test-interop: ## interop tests against Istio's Go HBONE (separate module)
 	@for m in $(INTEROP_MODULES); do [ -f $$m/go.mod ] || continue; echo "== $$m"; (cd $$m && $(GO) test $(TEST_FLAGS) ./...) || exit 1; done

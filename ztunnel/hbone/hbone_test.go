@@ -131,7 +131,7 @@ func (f *fixture) client(t testing.TB, ns, sa string) *Client {
 		if err != nil {
 			return nil, err
 		}
-		return f.ca.ClientTLSFor(t, svid, ids), nil
+		return tlsconfig.Client(svid, f.ca.Bundle(), ids)
 	}})
 	if err != nil {
 		t.Fatal(err)

@@ -139,6 +139,7 @@ type Conn struct {
 
 	ctlMu      sync.Mutex
 	ctl        []ctlFrame
+	ctlSpare   []ctlFrame // the other half of a double buffer, so queueing does not allocate
 	ctlPending atomic.Bool
 	ctlWake    chan struct{}
 
@@ -523,9 +524,15 @@ func (c *Conn) writeCtlLocked() error {
 	}
 	c.ctlMu.Lock()
 	frames := c.ctl
-	c.ctl = nil
+	c.ctl = c.ctlSpare[:0]
+	c.ctlSpare = nil // owned by this writer until handed back below
 	c.ctlPending.Store(false)
 	c.ctlMu.Unlock()
+	defer func() {
+		c.ctlMu.Lock()
+		c.ctlSpare = frames[:0]
+		c.ctlMu.Unlock()
+	}()
 	for _, f := range frames {
 		var err error
 		switch f.kind {

@@ -31,7 +31,8 @@ type Stream struct {
 	respFields []hpack.HeaderField
 
 	// Guarded by c.mu.
-	chunks      []chunk
+	chunks      []chunk // received bytes; chunks[head:] are unread
+	head        int
 	buffered    int
 	recvWin     int32
 	unacked     int32
@@ -163,7 +164,7 @@ func statusText(code int) string {
 // appendLocked copies received bytes into pooled chunks.
 func (s *Stream) appendLocked(p []byte) {
 	s.buffered += len(p)
-	if n := len(s.chunks); n > 0 {
+	if n := len(s.chunks); n > s.head {
 		last := &s.chunks[n-1]
 		if room := len(*last.buf) - last.end; room > 0 {
 			k := copy((*last.buf)[last.end:], p)
@@ -197,12 +198,23 @@ func (s *Stream) consumedLocked(n int) (streamInc, connInc uint32) {
 	return streamInc, connInc
 }
 
-func (s *Stream) freeChunksLocked() {
-	for i := range s.chunks {
-		bufpool.Put(s.chunks[i].buf)
-		s.chunks[i] = chunk{}
+// popLocked drops the head chunk (returning its buffer to the pool) and
+// rewinds the queue when it empties, so its backing array is reused.
+func (s *Stream) popLocked() {
+	bufpool.Put(s.chunks[s.head].buf)
+	s.chunks[s.head] = chunk{}
+	s.head++
+	if s.head == len(s.chunks) {
+		s.chunks, s.head = s.chunks[:0], 0
 	}
-	s.chunks = s.chunks[:0]
+}
+
+func (s *Stream) freeChunksLocked() {
+	for i := s.head; i < len(s.chunks); i++ {
+		bufpool.Put(s.chunks[i].buf)
+	}
+	clear(s.chunks)
+	s.chunks, s.head = s.chunks[:0], 0
 	s.buffered = 0
 }
 
@@ -229,21 +241,16 @@ func (s *Stream) Read(p []byte) (int, error) {
 			c.mu.Unlock()
 			return 0, ErrStreamClosed
 		}
-		if len(s.chunks) > 0 {
+		if s.head < len(s.chunks) {
 			n := 0
-			for n < len(p) && len(s.chunks) > 0 {
-				ch := &s.chunks[0]
+			for n < len(p) && s.head < len(s.chunks) {
+				ch := &s.chunks[s.head]
 				k := copy(p[n:], (*ch.buf)[ch.off:ch.end])
 				n += k
 				ch.off += k
 				if ch.off == ch.end {
-					bufpool.Put(ch.buf)
-					s.chunks[0] = chunk{}
-					s.chunks = s.chunks[1:]
+					s.popLocked()
 				}
-			}
-			if len(s.chunks) == 0 {
-				s.chunks = s.chunks[:0:0]
 			}
 			s.buffered -= n
 			swu, cwu := s.consumedLocked(n)
@@ -279,13 +286,10 @@ func (s *Stream) WriteTo(w io.Writer) (int64, error) {
 			c.mu.Unlock()
 			return total, ErrStreamClosed
 		}
-		if len(s.chunks) > 0 {
-			ch := s.chunks[0]
-			s.chunks[0] = chunk{}
-			s.chunks = s.chunks[1:]
-			if len(s.chunks) == 0 {
-				s.chunks = s.chunks[:0:0]
-			}
+		if s.head < len(s.chunks) {
+			ch := s.chunks[s.head]
+			s.chunks[s.head].buf = nil // ownership moves to this writer
+			s.popLocked()
 			s.buffered -= ch.end - ch.off
 			c.mu.Unlock()
 			n, err := w.Write((*ch.buf)[ch.off:ch.end])
