@@ -124,7 +124,7 @@ func FuzzServerFrames(f *testing.F) {
 		http2.NewFramer(&pre, nil).WriteSettings()
 		tc.Write(pre.Bytes())
 		tc.Write(bytes.ReplaceAll(data, []byte("127.0.0.1:1"), []byte(authority)))
-		tc.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		tc.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
 		io.Copy(io.Discard, tc)
 		tc.Close()
 		// No connection or stream may outlive its TCP connection.
