@@ -1,0 +1,137 @@
+package relay
+
+import (
+	"bytes"
+	"crypto/rand"
+	"io"
+	"net"
+	"testing"
+	"time"
+)
+
+// tcpPair returns two connected loopback TCP sockets.
+func tcpPair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	acc := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		acc <- c
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := <-acc
+	if s == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { c.Close(); s.Close() })
+	return c.(*net.TCPConn), s.(*net.TCPConn)
+}
+
+// TestHalfCloseBothWays: client → [relay] → server. The client finishes
+// sending first; the server still answers afterwards and then finishes.
+func TestHalfCloseBothWays(t *testing.T) {
+	client, relayA := tcpPair(t)
+	relayB, server := tcpPair(t)
+	done := make(chan Result, 1)
+	go func() { done <- Bidirectional(relayA, relayB) }()
+
+	up := make([]byte, 2<<20)
+	rand.Read(up)
+	go func() {
+		client.Write(up)
+		client.CloseWrite()
+	}()
+	got, err := io.ReadAll(server) // ends only because the relay half-closed
+	if err != nil || !bytes.Equal(got, up) {
+		t.Fatalf("server got %d bytes, err %v", len(got), err)
+	}
+	// The other direction is still open after the client's FIN.
+	if _, err := server.Write([]byte("late answer")); err != nil {
+		t.Fatal(err)
+	}
+	server.CloseWrite()
+	back, err := io.ReadAll(client)
+	if err != nil || string(back) != "late answer" {
+		t.Fatalf("client got %q, %v", back, err)
+	}
+	select {
+	case r := <-done:
+		if r.Err != nil || r.AToB != int64(len(up)) || r.BToA != int64(len("late answer")) {
+			t.Fatalf("result %+v", r)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("relay did not end after both sides finished")
+	}
+}
+
+// TestResetAbortsBoth: an error on one side (RST) tears down the other
+// side too instead of leaving it half-open forever.
+func TestResetAbortsBoth(t *testing.T) {
+	client, relayA := tcpPair(t)
+	relayB, server := tcpPair(t)
+	done := make(chan Result, 1)
+	go func() { done <- Bidirectional(relayA, relayB) }()
+	client.Write([]byte("some bytes"))
+	buf := make([]byte, 10)
+	if _, err := io.ReadFull(server, buf); err != nil {
+		t.Fatal(err)
+	}
+	client.SetLinger(0)
+	client.Close() // RST towards the relay
+	select {
+	case r := <-done:
+		if r.Err == nil {
+			t.Fatalf("result %+v: a reset must be reported", r)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("relay kept running after a reset")
+	}
+	server.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := server.Read(buf); err == nil {
+		t.Fatal("server side still open after the client reset")
+	}
+}
+
+// TestIdleHoldsNoBuffer: while no data flows, the copy loop waits for
+// readability without a pooled buffer in hand.
+func TestIdleHoldsNoBuffer(t *testing.T) {
+	a, b := tcpPair(t)
+	w := newReadWaiter(b)
+	if w.rc == nil {
+		t.Fatal("TCP conn has no raw conn")
+	}
+	ready := make(chan struct{})
+	go func() {
+		w.wait()
+		close(ready)
+	}()
+	select {
+	case <-ready:
+		t.Fatal("wait returned with nothing to read")
+	case <-time.After(50 * time.Millisecond):
+	}
+	a.Write([]byte("x"))
+	select {
+	case <-ready:
+	case <-time.After(5 * time.Second):
+		t.Fatal("wait did not return when data arrived")
+	}
+	// The byte is still there: waiting consumed nothing.
+	buf := make([]byte, 4)
+	if n, err := b.Read(buf); n != 1 || err != nil {
+		t.Fatalf("read after wait: %d %v", n, err)
+	}
+	// EOF also counts as readable.
+	a.CloseWrite()
+	w.wait()
+	if _, err := b.Read(buf); err != io.EOF {
+		t.Fatalf("read after FIN: %v", err)
+	}
+}
