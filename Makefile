@@ -10,10 +10,13 @@ INTEROP_MODULES := internal/istiointerop
 CMDS := $(shell $(GO) list -f '{{if eq .Name "main"}}{{.ImportPath}}{{end}}' ./... 2>/dev/null)
 TEST_FLAGS ?= -race -shuffle=on -timeout 20m
 
-.PHONY: help build test test-unit test-allocs test-interop lint fmt bench-smoke tools clean
+.PHONY: help demo build test test-unit test-allocs test-interop lint fmt bench-smoke tools clean
 
 help: ## list targets
 	@grep -hE '^[a-z][a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+demo: ## run an HBONE mesh on loopback: file-backed CA, two proxies, tunnels and refusals
+	$(GO) run ./ztunnel/cmd/hbone-demo
 
 build: ## static binaries (CGO off) into bin/
 	@mkdir -p $(BIN)
