@@ -1,0 +1,66 @@
+// Package archtest pins the import graph: lower layers never import
+// higher ones (cmd → app → data path → protocol → identity), the tunnel
+// protocol knows nothing of workloads, and the CNI plugin never links
+// client-go or the proxy.
+package archtest
+
+import (
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+)
+
+const mod = "github.com/strait-mesh/strait"
+
+// rules: packages under prefix must not depend (directly or not) on any
+// package matching a forbidden prefix.
+var rules = []struct {
+	prefix    string
+	forbidden []string
+	why       string
+}{
+	{mod + "/identity", []string{mod + "/ztunnel", mod + "/waypoint", mod + "/cni"}, "identity is below everything else"},
+	{mod + "/ztunnel/hbone", []string{mod + "/ztunnel/outbound", mod + "/ztunnel/inbound", mod + "/ztunnel/inpod", mod + "/ztunnel/config", mod + "/ztunnel/workload", mod + "/ztunnel/kube", mod + "/ztunnel/app"}, "the tunnel protocol knows nothing of capture or workloads"},
+	{mod + "/ztunnel/relay", []string{mod + "/ztunnel/hbone", mod + "/identity"}, "the relay copies bytes and knows no protocol"},
+	{mod + "/internal/bufpool", []string{mod + "/"}, "a leaf helper"},
+	{mod + "/cni/plugin", []string{"k8s.io/client-go", mod + "/ztunnel"}, "the CNI plugin stays tiny"},
+	{mod + "/cni/cmd/strait-cni", []string{"k8s.io/client-go", mod + "/ztunnel"}, "the CNI plugin binary stays tiny"},
+	{mod + "/", []string{"istio.io/"}, "Istio is only an interop peer in a separate module"},
+}
+
+func TestImportGraph(t *testing.T) {
+	_, file, _, _ := runtime.Caller(0)
+	root := filepath.Join(filepath.Dir(file), "..", "..")
+	cmd := exec.Command("go", "list", "-deps=false", "-f", `{{.ImportPath}} {{join .Deps " "}}`, "./...")
+	cmd.Dir = root
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	checked := 0
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		fields := strings.Fields(line)
+		if len(fields) == 0 {
+			continue
+		}
+		pkg, deps := fields[0], fields[1:]
+		for _, r := range rules {
+			if !strings.HasPrefix(pkg, r.prefix) {
+				continue
+			}
+			checked++
+			for _, d := range deps {
+				for _, f := range r.forbidden {
+					if strings.HasPrefix(d, f) && !strings.HasPrefix(d, r.prefix) {
+						t.Errorf("%s depends on %s: %s", pkg, d, r.why)
+					}
+				}
+			}
+		}
+	}
+	if checked < 5 {
+		t.Fatalf("only %d package/rule pairs checked: is go list seeing the module?", checked)
+	}
+}
