@@ -1,7 +1,3 @@
-// Package archtest pins the import graph: lower layers never import
-// higher ones (cmd → app → data path → protocol → identity), the tunnel
-// protocol knows nothing of workloads, and the CNI plugin never links
-// client-go or the proxy.
 package archtest
 
 import (
