@@ -24,6 +24,9 @@ type upstream struct {
 	accepted atomic.Int64
 	read     atomic.Int64
 	wg       sync.WaitGroup
+	// eof gets, per connection, how the client's direction ended: nil for
+	// a clean EOF (a half-close or END_STREAM), else the read error.
+	eof chan error
 }
 
 func newUpstream(t *testing.T, serve func(c *net.TCPConn, u *upstream)) *upstream {
@@ -32,7 +35,7 @@ func newUpstream(t *testing.T, serve func(c *net.TCPConn, u *upstream)) *upstrea
 	if err != nil {
 		t.Fatalf("upstream: listen: %v", err)
 	}
-	u := &upstream{ln: ln}
+	u := &upstream{ln: ln, eof: make(chan error, 1024)}
 	u.wg.Go(func() {
 		for {
 			c, err := ln.Accept()
@@ -72,11 +75,26 @@ func (c countingReader) Read(p []byte) (int, error) {
 // its own side: a client that half-closes gets all its bytes back, then EOF.
 func newEchoUpstream(t *testing.T) *upstream {
 	return newUpstream(t, func(c *net.TCPConn, u *upstream) {
-		if _, err := io.Copy(c, countingReader{c, u}); err != nil {
-			return
+		_, err := io.Copy(c, countingReader{c, u})
+		u.eof <- err
+		if err == nil {
+			_ = c.CloseWrite()
 		}
-		_ = c.CloseWrite()
 	})
+}
+
+// waitEOF waits for one connection's client direction to end and fails the
+// test unless it ended with a clean EOF.
+func (u *upstream) waitEOF(t *testing.T) {
+	t.Helper()
+	select {
+	case err := <-u.eof:
+		if err != nil {
+			t.Fatalf("upstream: the client direction ended with %v, want a clean EOF (FIN)", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("upstream: no EOF from the client direction within a minute")
+	}
 }
 
 // halfCloseReply is what newHalfCloseUpstream sends after it has read EOF.
@@ -86,11 +104,10 @@ const halfCloseReply = "read %d bytes, then EOF; this reply was written after th
 // halfCloseReply and a tail of tailLen bytes of pattern, then closes. A
 // client only gets the reply if its half-close arrived as an EOF (not as a
 // reset) and the way back stayed open after it.
-func newHalfCloseUpstream(t *testing.T, tailLen int) (*upstream, <-chan error) {
-	sawEOF := make(chan error, 16)
-	u := newUpstream(t, func(c *net.TCPConn, u *upstream) {
+func newHalfCloseUpstream(t *testing.T, tailLen int) *upstream {
+	return newUpstream(t, func(c *net.TCPConn, u *upstream) {
 		n, err := io.Copy(io.Discard, countingReader{c, u})
-		sawEOF <- err // nil means a clean EOF
+		u.eof <- err
 		if err != nil {
 			return
 		}
@@ -99,7 +116,6 @@ func newHalfCloseUpstream(t *testing.T, tailLen int) (*upstream, <-chan error) {
 		}
 		_, _ = c.Write(pattern(tailLen))
 	})
-	return u, sawEOF
 }
 
 // pattern is a deterministic payload whose bytes depend on their offset, so
