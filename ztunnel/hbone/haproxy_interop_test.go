@@ -218,9 +218,8 @@ func startHaproxyPeerServer(t *testing.T, ca *identitytest.CA) *haproxyPeerServe
 	served := make(chan error, 1)
 	go func() { served <- s.srv.Serve(s.ln) }()
 	t.Cleanup(func() {
-		// Close, not Shutdown: a haproxy killed by an earlier cleanup may
-		// leave nothing to drain, but one still running holds its pooled
-		// connection open.
+		// Close, not Shutdown: every haproxy is killed by then (its
+		// cleanup ran first), so there is no tunnel left to drain.
 		_ = s.srv.Close()
 		<-served
 	})
@@ -252,7 +251,6 @@ type haproxyProcess struct {
 	exited chan struct{} // closed when the process has exited
 	exit   error         // valid after exited
 	log    *haproxyLog
-	dir    string
 }
 
 // haproxyBinary finds haproxy or fails the test: the interop test must not
@@ -331,7 +329,7 @@ func startHaproxy(t *testing.T, svid *x509svid.SVID, trust *identitytest.CA, pee
 		t.Fatalf("haproxy -c rejects the generated config %s: %v\n%s", cfgFile, err, out)
 	}
 
-	hp := &haproxyProcess{plain: plainLn.Addr().String(), exited: make(chan struct{}), log: &haproxyLog{}, dir: dir}
+	hp := &haproxyProcess{plain: plainLn.Addr().String(), exited: make(chan struct{}), log: &haproxyLog{}}
 	cmd := exec.Command(bin, "-f", cfgFile, "-db")
 	cmd.ExtraFiles = []*os.File{plainFile, readyFile}
 	cmd.Stdout = hp.log
