@@ -191,10 +191,11 @@ func fullJitter(max time.Duration) time.Duration {
 
 // Get returns a currently valid X.509 SVID for id, fetching it on first
 // use. Concurrent callers share one fetch; ctx only bounds this caller's
-// wait. Once a certificate exists Get never waits: it returns the current
-// certificate while it is valid (even if renewals are failing), and
-// ErrExpired (wrapping the last fetch error) after it expired. Before the
-// first success it returns ErrNoCertificate while a retry is pending.
+// wait. While the current certificate is valid Get returns it at once,
+// even if renewals are failing. Otherwise it waits for a fetch only if one
+// is in flight, and fails with ErrExpired (a certificate existed) or
+// ErrNoCertificate (none yet), either wrapping the last fetch error; the
+// background retry goes on.
 func (m *Manager) Get(ctx context.Context, id spiffeid.ID) (*x509svid.SVID, error) {
 	if id.IsZero() {
 		return nil, fmt.Errorf("certs: get: empty SPIFFE ID: %w", ErrInvalidConfig)
@@ -217,21 +218,24 @@ func (m *Manager) Get(ctx context.Context, id spiffeid.ID) (*x509svid.SVID, erro
 	a, hadCert, lastErr := e.attempt, e.svid != nil, e.lastErr
 	m.mu.Unlock()
 
-	if a == nil {
-		if hadCert {
-			return nil, fmt.Errorf("certs: get %s: %w; last fetch error: %w", id, ErrExpired, lastErr)
+	if a != nil {
+		select {
+		case <-a.done:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("certs: get %s: gave up waiting for the certificate fetch: %w", id, context.Cause(ctx))
 		}
-		return nil, fmt.Errorf("certs: get %s: %w; last fetch error: %w", id, ErrNoCertificate, lastErr)
-	}
-	select {
-	case <-a.done:
-		if a.err != nil {
-			return nil, a.err // "certs: fetch <id>: ..."
+		if a.err == nil {
+			return a.svid, nil
 		}
-		return a.svid, nil
-	case <-ctx.Done():
-		return nil, fmt.Errorf("certs: get %s: gave up waiting for the certificate fetch: %w", id, context.Cause(ctx))
+		if errors.Is(a.err, ErrClosed) || errors.Is(a.err, ErrForgotten) {
+			return nil, a.err
+		}
+		lastErr = a.err
 	}
+	if hadCert {
+		return nil, fmt.Errorf("certs: get %s: %w; last fetch error: %w", id, ErrExpired, lastErr)
+	}
+	return nil, fmt.Errorf("certs: get %s: %w; last fetch error: %w", id, ErrNoCertificate, lastErr)
 }
 
 // SVIDFunc returns a function that gets id's SVID, for

@@ -272,8 +272,8 @@ func TestBackoffGrowsAndCaps(t *testing.T) {
 		})
 		defer m.Close()
 
-		if _, err := m.Get(context.Background(), idA); !errors.Is(err, errCA) {
-			t.Fatalf("first Get = %v, want the fetch error", err)
+		if _, err := m.Get(context.Background(), idA); !errors.Is(err, errCA) || !errors.Is(err, certs.ErrNoCertificate) {
+			t.Fatalf("first Get = %v, want ErrNoCertificate wrapping the fetch error", err)
 		}
 		// During backoff Get answers at once, wrapping the last fetch error.
 		start := time.Now()
