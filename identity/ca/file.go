@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
@@ -27,8 +28,8 @@ const (
 //
 // Loading refuses a key file readable by group or others
 // (ErrKeyPermissions; fix with chmod 600), a certificate/key mismatch, a
-// certificate for another trust domain, and a directory holding only one of
-// the two files.
+// certificate for another trust domain, an expired root (ErrIssuerExpired)
+// and a directory holding only one of the two files.
 //
 // It is meant for a single local process; concurrent first runs in the same
 // directory may race.
@@ -122,6 +123,10 @@ func loadFileRoot(td spiffeid.TrustDomain, certPath, keyPath string) (Issuer, er
 	root := Issuer{Cert: cert, Key: signer}
 	if err := root.validate(td); err != nil {
 		return Issuer{}, fmt.Errorf("ca: file root: %s and %s: %w", certPath, keyPath, err)
+	}
+	if now := time.Now(); !now.Before(cert.NotAfter) {
+		return Issuer{}, fmt.Errorf("ca: file root: %s expired at %s; remove %s and %s to create a new root (peers must then trust the new bundle): %w",
+			certPath, cert.NotAfter.UTC().Format(time.RFC3339), certPath, keyPath, ErrIssuerExpired)
 	}
 	return root, nil
 }

@@ -2,11 +2,14 @@ package ca_test
 
 import (
 	"crypto"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/strait-mesh/strait/identity/ca"
 )
@@ -91,6 +94,18 @@ func TestLoadOrCreateFileRootRefusals(t *testing.T) {
 			}
 			write(t, filepath.Join(dir, ca.RootKeyFile), string(data), 0o600)
 		}, want: ca.ErrInvalidConfig, msg: "does not match"},
+		{name: "expired root", prepare: func(t *testing.T, dir string) {
+			old, err := ca.NewSelfSignedRoot(td, time.Hour, ca.WithIssuerNow(func() time.Time { return time.Now().Add(-2 * time.Hour) }))
+			if err != nil {
+				t.Fatal(err)
+			}
+			keyDER, err := x509.MarshalPKCS8PrivateKey(old.Key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			write(t, filepath.Join(dir, ca.RootKeyFile), string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})), 0o600)
+			write(t, filepath.Join(dir, ca.RootCertFile), string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: old.Cert.Raw})), 0o644)
+		}, want: ca.ErrIssuerExpired, msg: "expired at"},
 		{name: "trust domain given as URI", td: "spiffe://cluster.local", want: ca.ErrInvalidConfig, msg: "bare trust domain"},
 	}
 	for _, tt := range tests {
