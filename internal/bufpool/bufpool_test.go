@@ -34,19 +34,6 @@ func TestPutDropsOddSizes(t *testing.T) {
 	Put(nil)
 }
 
-func TestSteadyStateNoAllocs(t *testing.T) {
-	if raceEnabled {
-		t.Skip("sync.Pool drops items at random under -race; the budget is checked by the non-race run (make bench-smoke, go test)")
-	}
-	allocs := testing.AllocsPerRun(1000, func() {
-		b := Get(32 << 10)
-		Put(b)
-	})
-	if allocs > 0 {
-		t.Fatalf("%.1f allocs per Get/Put, want 0", allocs)
-	}
-}
-
 func BenchmarkGetPut(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {

@@ -646,3 +646,69 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 		time.Sleep(2 * time.Millisecond)
 	}
 }
+
+// TestGoAwayMovesNewTunnelsToANewConnection: one server connection sends
+// GOAWAY. The tunnel already on it finishes; new tunnels go to a fresh
+// connection, whether the client saw the GOAWAY first or its stream was
+// refused (REFUSED_STREAM) and retried.
+func TestGoAwayMovesNewTunnelsToANewConnection(t *testing.T) {
+	f := newFixture(t, nil)
+	c := f.client(t, "ns-a", "sa-a")
+	old, err := c.Dial(ctxT(t), f.request())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.srv.mu.Lock()
+	var first *h2.Conn
+	for hc := range f.srv.conns {
+		first = hc
+	}
+	f.srv.mu.Unlock()
+	drained := make(chan error, 1)
+	go func() { drained <- first.Shutdown(ctxT(t)) }()
+	waitFor(t, "server side to stop taking streams", func() bool { return !first.State().Usable })
+
+	for i := 0; i < 5; i++ {
+		conn, err := c.Dial(ctxT(t), f.request())
+		if err != nil {
+			t.Fatalf("dial %d after GOAWAY: %v", i, err)
+		}
+		echoRoundTrip(t, conn, 1000)
+		conn.Close()
+	}
+	if n := f.srv.Stats().ConnsAccepted; n != 2 {
+		t.Fatalf("server accepted %d connections, want 2 (the drained one and one new)", n)
+	}
+	echoRoundTrip(t, old, 256<<10) // the old tunnel still works while draining
+	old.Close()
+	if err := <-drained; err != nil {
+		t.Fatalf("drain: %v", err)
+	}
+	waitFor(t, "drained connection to leave the pool", func() bool { return c.Stats().Conns == 1 })
+}
+
+func TestWaypointSkipsAuthorityCheck(t *testing.T) {
+	f := newFixture(t, func(c *ServerConfig) { c.SkipAuthorityCheck = true })
+	// A VIP-style authority that is not the arrival address is accepted;
+	// the handler decides where it goes.
+	status, reason := f.rawStream(t, []hpack.HeaderField{{Name: ":method", Value: "CONNECT"}, {Name: ":authority", Value: "10.96.0.10:" + portOf(f.echo.addr())}})
+	if status != 200 {
+		t.Fatalf("got %d %q", status, reason)
+	}
+	reqs := f.handler.requests()
+	if len(reqs) != 1 || reqs[0].Authority.Addr.String() != "10.96.0.10:"+portOf(f.echo.addr()) {
+		t.Fatalf("handler saw %+v", reqs)
+	}
+}
+
+func TestHostnameAuthorityReachesHandler(t *testing.T) {
+	f := newFixture(t, nil)
+	status, _ := f.rawStream(t, []hpack.HeaderField{{Name: ":method", Value: "CONNECT"}, {Name: ":authority", Value: "checkout.shop.svc.cluster.local:80"}})
+	if status != 200 {
+		t.Fatalf("status %d", status)
+	}
+	reqs := f.handler.requests()
+	if len(reqs) != 1 || reqs[0].Authority.Host != "checkout.shop.svc.cluster.local" || reqs[0].Authority.IsIP() {
+		t.Fatalf("handler saw %+v", reqs)
+	}
+}

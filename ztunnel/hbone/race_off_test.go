@@ -1,5 +1,0 @@
-//go:build !race
-
-package hbone
-
-const raceEnabled = false
