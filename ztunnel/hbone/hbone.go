@@ -44,6 +44,19 @@ func NewIdentities(ids ...spiffeid.ID) Identities {
 	return Identities(strings.Join(s, ","))
 }
 
+// ParseIdentities builds the canonical set from SPIFFE id strings.
+func ParseIdentities(ids ...string) (Identities, error) {
+	parsed := make([]spiffeid.ID, 0, len(ids))
+	for _, s := range ids {
+		id, err := spiffeid.FromString(s)
+		if err != nil {
+			return "", fmt.Errorf("hbone: identity %q: %w", s, err)
+		}
+		parsed = append(parsed, id)
+	}
+	return NewIdentities(parsed...), nil
+}
+
 // IDs parses the set back into ids.
 func (i Identities) IDs() ([]spiffeid.ID, error) {
 	if i == "" {

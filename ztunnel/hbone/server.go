@@ -17,6 +17,7 @@ import (
 	"golang.org/x/net/http2/hpack"
 
 	"github.com/strait-mesh/strait/identity/tlsconfig"
+	"github.com/strait-mesh/strait/internal/netaddr"
 	"github.com/strait-mesh/strait/ztunnel/hbone/internal/h2"
 	"github.com/strait-mesh/strait/ztunnel/relay"
 )
@@ -37,6 +38,9 @@ type InboundRequest struct {
 	// Baggage and TraceParent are passed through as sent.
 	Baggage     string
 	TraceParent string
+	// Value is the Handler's own state for this tunnel (set in Connect),
+	// handed back in StreamResult.Request.
+	Value any
 }
 
 // Handler decides on an inbound tunnel and dials its destination. It
@@ -300,8 +304,8 @@ func (s *Server) serveConn(nc net.Conn) {
 	}
 	meta := connMeta{
 		peer:    peer,
-		arrival: addrPortOf(nc.LocalAddr()),
-		source:  addrPortOf(nc.RemoteAddr()),
+		arrival: netaddr.AddrPort(nc.LocalAddr()),
+		source:  netaddr.AddrPort(nc.RemoteAddr()),
 	}
 	cfg := s.cfg.H2
 	cfg.MaxConcurrentStreams = s.cfg.MaxStreamsPerConn
@@ -339,25 +343,6 @@ func (s *Server) serveConn(nc net.Conn) {
 type connMeta struct {
 	peer            spiffeid.ID
 	arrival, source netip.AddrPort
-}
-
-func addrPortOf(a net.Addr) netip.AddrPort {
-	switch a := a.(type) {
-	case *net.TCPAddr:
-		return netip.AddrPortFrom(addrOf(a.IP), uint16(a.Port))
-	case *net.UDPAddr:
-		return netip.AddrPortFrom(addrOf(a.IP), uint16(a.Port))
-	}
-	if a == nil {
-		return netip.AddrPort{}
-	}
-	ap, _ := netip.ParseAddrPort(a.String())
-	return ap
-}
-
-func addrOf(ip net.IP) netip.Addr {
-	a, _ := netip.AddrFromSlice(ip)
-	return a.Unmap()
 }
 
 func (s *Server) serveStream(st *h2.Stream, meta *connMeta) {
