@@ -658,12 +658,15 @@ func TestGoAwayMovesNewTunnelsToANewConnection(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.srv.mu.Lock()
 	var first *h2.Conn
-	for hc := range f.srv.conns {
-		first = hc
-	}
-	f.srv.mu.Unlock()
+	waitFor(t, "the server to register the connection", func() bool {
+		f.srv.mu.Lock()
+		defer f.srv.mu.Unlock()
+		for hc := range f.srv.conns {
+			first = hc
+		}
+		return first != nil
+	})
 	drained := make(chan error, 1)
 	go func() { drained <- first.Shutdown(ctxT(t)) }()
 	waitFor(t, "server side to stop taking streams", func() bool { return !first.State().Usable })

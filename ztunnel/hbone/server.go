@@ -267,59 +267,16 @@ func (s *Server) isShutdown() bool {
 
 func (s *Server) serveConn(nc net.Conn) {
 	defer s.wg.Done()
-	released := false
-	release := func() {
-		if !released {
-			released = true
-			<-s.handshakes
-		}
-	}
-	defer release()
-
-	tc := tls.Server(nc, s.cfg.TLS)
-	_ = nc.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
-	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.HandshakeTimeout)
-	err := tc.HandshakeContext(ctx)
-	cancel()
+	hc, err := s.handshake(nc)
+	// Free the handshake slot before the peer can observe the outcome (a
+	// closed socket), so a client retrying at once finds the slot free.
+	<-s.handshakes
 	if err != nil {
 		s.hsFailed.Add(1)
-		s.log.Info("hbone: TLS handshake failed", zap.Stringer("peer", nc.RemoteAddr()), zap.Error(err))
+		s.log.Info("hbone: handshake refused", zap.Stringer("peer", nc.RemoteAddr()), zap.Error(err))
 		nc.Close()
 		return
 	}
-	state := tc.ConnectionState()
-	if state.NegotiatedProtocol != "h2" {
-		s.hsFailed.Add(1)
-		s.log.Info("hbone: refusing connection without ALPN h2", zap.Stringer("peer", nc.RemoteAddr()),
-			zap.String("alpn", state.NegotiatedProtocol))
-		tc.Close()
-		return
-	}
-	peer, err := s.cfg.PeerID(state)
-	if err != nil {
-		s.hsFailed.Add(1)
-		s.log.Info("hbone: refusing connection: peer identity", zap.Stringer("peer", nc.RemoteAddr()), zap.Error(err))
-		tc.Close()
-		return
-	}
-	meta := connMeta{
-		peer:    peer,
-		arrival: netaddr.AddrPort(nc.LocalAddr()),
-		source:  netaddr.AddrPort(nc.RemoteAddr()),
-	}
-	cfg := s.cfg.H2
-	cfg.MaxConcurrentStreams = s.cfg.MaxStreamsPerConn
-	cfg.IdleTimeout = s.cfg.IdleTimeout
-	cfg.Logger = s.log
-	cfg.OnStream = func(st *h2.Stream) { s.serveStream(st, &meta) }
-	hc, err := h2.NewServerConn(tc, cfg)
-	if err != nil {
-		s.hsFailed.Add(1)
-		s.log.Info("hbone: HTTP/2 preface failed", zap.Stringer("peer", nc.RemoteAddr()), zap.Error(err))
-		return
-	}
-	_ = nc.SetDeadline(time.Time{})
-	release()
 
 	s.mu.Lock()
 	if s.shutdown {
@@ -331,6 +288,7 @@ func (s *Server) serveConn(nc net.Conn) {
 	s.conns[hc] = struct{}{}
 	s.mu.Unlock()
 	s.activeConn.Add(1)
+	hc.Start() // registered first: a concurrent Shutdown drains it, never cuts it
 
 	<-hc.Done()
 	hc.Wait()
@@ -338,6 +296,45 @@ func (s *Server) serveConn(nc net.Conn) {
 	s.mu.Lock()
 	delete(s.conns, hc)
 	s.mu.Unlock()
+}
+
+// handshake runs TLS, checks ALPN and the peer identity, and reads the
+// HTTP/2 preface, all within HandshakeTimeout. The connection is not yet
+// serving streams when it returns (see h2.Conn.Start).
+func (s *Server) handshake(nc net.Conn) (*h2.Conn, error) {
+	tc := tls.Server(nc, s.cfg.TLS)
+	// The socket deadline bounds the handshake. The context only serves
+	// server shutdown: crypto/tls closes the socket when a context ends,
+	// which would reach the peer before the handshake slot is freed.
+	_ = nc.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
+	err := tc.HandshakeContext(s.ctx)
+	if err != nil {
+		return nil, fmt.Errorf("hbone: TLS handshake: %w", err)
+	}
+	state := tc.ConnectionState()
+	if state.NegotiatedProtocol != "h2" {
+		return nil, fmt.Errorf("hbone: peer did not negotiate ALPN h2 (got %q)", state.NegotiatedProtocol)
+	}
+	peer, err := s.cfg.PeerID(state)
+	if err != nil {
+		return nil, err
+	}
+	meta := &connMeta{
+		peer:    peer,
+		arrival: netaddr.AddrPort(nc.LocalAddr()),
+		source:  netaddr.AddrPort(nc.RemoteAddr()),
+	}
+	cfg := s.cfg.H2
+	cfg.MaxConcurrentStreams = s.cfg.MaxStreamsPerConn
+	cfg.IdleTimeout = s.cfg.IdleTimeout
+	cfg.Logger = s.log
+	cfg.OnStream = func(st *h2.Stream) { s.serveStream(st, meta) }
+	hc, err := h2.NewServerConn(tc, cfg)
+	if err != nil {
+		return nil, err
+	}
+	_ = nc.SetDeadline(time.Time{})
+	return hc, nil
 }
 
 type connMeta struct {

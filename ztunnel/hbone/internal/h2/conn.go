@@ -162,9 +162,10 @@ type Conn struct {
 	pingSeq        uint64
 	drained        chan struct{} // closed when goAwaySent and no stream left
 
-	lastRead atomic.Int64 // unix nanos of the last frame read
-	done     chan struct{}
-	loops    sync.WaitGroup
+	lastRead  atomic.Int64 // unix nanos of the last frame read
+	done      chan struct{}
+	loops     sync.WaitGroup
+	startOnce sync.Once
 }
 
 type ctlKind uint8
@@ -207,13 +208,15 @@ func NewClientConn(nc net.Conn, cfg Config) (*Conn, error) {
 		nc.Close()
 		return nil, fmt.Errorf("h2: client preface: %w", err)
 	}
-	c.start()
+	c.Start()
 	return c, nil
 }
 
-// NewServerConn starts the server side: it reads the client preface (the
-// caller sets a deadline on nc for it), writes settings and starts the
-// loops. OnStream must be set.
+// NewServerConn does the server side of the handshake: it reads the
+// client preface (the caller sets a deadline on nc for it) and writes
+// settings. The caller then calls Start, after registering the connection
+// wherever a concurrent shutdown must find it; no stream is served before.
+// OnStream must be set.
 func NewServerConn(nc net.Conn, cfg Config) (*Conn, error) {
 	if cfg.OnStream == nil {
 		return nil, errors.New("h2: server needs Config.OnStream")
@@ -241,8 +244,12 @@ func NewServerConn(nc net.Conn, cfg Config) (*Conn, error) {
 		nc.Close()
 		return nil, fmt.Errorf("h2: server settings: %w", err)
 	}
-	c.start()
 	return c, nil
+}
+
+// Start begins serving a connection made by NewServerConn.
+func (c *Conn) Start() {
+	c.startOnce.Do(c.start)
 }
 
 func newConn(nc net.Conn, cfg Config, isClient bool) *Conn {

@@ -40,6 +40,9 @@ func pair(t testing.TB, cli, srv Config) (*Conn, *Conn, chan *Stream) {
 			return
 		}
 		c, err := NewServerConn(nc, srv)
+		if err == nil {
+			c.Start()
+		}
 		sc <- res{c, err}
 	}()
 	nc, err := net.Dial("tcp", ln.Addr().String())
