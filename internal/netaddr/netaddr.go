@@ -28,8 +28,8 @@ func AddrPort(a net.Addr) netip.AddrPort {
 // ResetClose closes c with a TCP RST (SO_LINGER 0), so a refused client
 // sees the refusal at once rather than a clean end of stream.
 func ResetClose(c net.Conn) {
-	if tc, ok := c.(*net.TCPConn); ok {
-		_ = tc.SetLinger(0)
+	if l, ok := c.(interface{ SetLinger(int) error }); ok {
+		_ = l.SetLinger(0)
 	}
 	c.Close()
 }

@@ -1,0 +1,177 @@
+package inpod
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Mark is the SO_MARK on every socket the proxy opens inside a pod's
+// netns, so the pod's redirection rules let it through (0x539).
+const Mark = 1337
+
+// NetNS is an open handle on a network namespace (a pod's). Sockets
+// created inside it (Listen, Dial) stay in it for their whole life.
+type NetNS struct {
+	f *os.File
+}
+
+// OpenNetNS opens a namespace by path (/var/run/netns/x, /proc/PID/ns/net).
+func OpenNetNS(path string) (*NetNS, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("inpod: open netns: %w", err)
+	}
+	return NetNSFromFile(f)
+}
+
+// NetNSFromFile takes ownership of f, which must be a network namespace.
+func NetNSFromFile(f *os.File) (*NetNS, error) {
+	var st unix.Statfs_t
+	if err := unix.Fstatfs(int(f.Fd()), &st); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("inpod: netns fd: %w", err)
+	}
+	if st.Type != unix.NSFS_MAGIC {
+		f.Close()
+		return nil, fmt.Errorf("inpod: %s is not a namespace file", f.Name())
+	}
+	return &NetNS{f: f}, nil
+}
+
+// Close releases the handle (not the namespace, which lives while any
+// process or socket uses it).
+func (n *NetNS) Close() error { return n.f.Close() }
+
+// Fd is the namespace file descriptor.
+func (n *NetNS) Fd() uintptr { return n.f.Fd() }
+
+// Do runs fn with the calling goroutine's OS thread switched into the
+// namespace. If switching back fails, the thread is left locked so that
+// the runtime discards it rather than reuse a thread in the wrong netns.
+func (n *NetNS) Do(fn func() error) error {
+	runtime.LockOSThread()
+	orig, err := os.Open("/proc/thread-self/ns/net")
+	if err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("inpod: open current netns: %w", err)
+	}
+	defer orig.Close()
+	if err := unix.Setns(int(n.f.Fd()), unix.CLONE_NEWNET); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("inpod: enter netns: %w", err)
+	}
+	ferr := fn()
+	if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
+		// Never unlock: the thread dies with the goroutine.
+		return errors.Join(ferr, fmt.Errorf("inpod: restore netns: %w", err))
+	}
+	runtime.UnlockOSThread()
+	return ferr
+}
+
+// SocketOpts are applied to sockets created in a pod's netns.
+type SocketOpts struct {
+	Mark        uint32 // SO_MARK; 0 = none
+	ReusePort   bool   // SO_REUSEPORT, so a new proxy can bind beside the old one
+	Transparent bool   // IP_TRANSPARENT, to bind a non-local source address
+}
+
+func (o SocketOpts) control(_, _ string, c syscall.RawConn) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		if o.Mark != 0 {
+			if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(o.Mark)); serr != nil {
+				serr = fmt.Errorf("SO_MARK: %w", serr)
+				return
+			}
+		}
+		if o.ReusePort {
+			if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); serr != nil {
+				serr = fmt.Errorf("SO_REUSEPORT: %w", serr)
+				return
+			}
+		}
+		if o.Transparent {
+			if serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_TRANSPARENT, 1); serr != nil {
+				serr = fmt.Errorf("IP_TRANSPARENT: %w", serr)
+				return
+			}
+		}
+	})
+	if err != nil {
+		return err
+	}
+	return serr
+}
+
+// Listen opens a TCP listener inside the namespace.
+func (n *NetNS) Listen(ctx context.Context, addr string, o SocketOpts) (net.Listener, error) {
+	var ln net.Listener
+	err := n.Do(func() error {
+		lc := net.ListenConfig{Control: o.control}
+		var err error
+		ln, err = lc.Listen(ctx, "tcp", addr)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("inpod: listen %s in pod netns: %w", addr, err)
+	}
+	return ln, nil
+}
+
+// Dial connects from inside the namespace. A valid src binds the local
+// address (with Transparent, a non-local one such as the original client).
+func (n *NetNS) Dial(ctx context.Context, src netip.Addr, dst netip.AddrPort, o SocketOpts) (net.Conn, error) {
+	var c net.Conn
+	err := n.Do(func() error {
+		d := net.Dialer{Control: o.control}
+		if src.IsValid() {
+			d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
+		}
+		var err error
+		c, err = d.DialContext(ctx, "tcp", dst.String())
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("inpod: dial %s in pod netns: %w", dst, err)
+	}
+	return c, nil
+}
+
+// OriginalDst returns the destination a redirected connection was
+// addressed to before REDIRECT (SO_ORIGINAL_DST).
+func OriginalDst(c syscall.Conn) (netip.AddrPort, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("inpod: original dst: %w", err)
+	}
+	var ap netip.AddrPort
+	var serr error
+	err = rc.Control(func(fd uintptr) {
+		// SO_ORIGINAL_DST (80) fills a sockaddr_in; x/sys exposes it via
+		// GetsockoptIPv6Mreq's 20-byte buffer, the same trick Envoy uses.
+		mreq, e := unix.GetsockoptIPv6Mreq(int(fd), unix.SOL_IP, unix.SO_ORIGINAL_DST)
+		if e != nil {
+			serr = e
+			return
+		}
+		b := mreq.Multiaddr
+		port := uint16(b[2])<<8 | uint16(b[3])
+		ap = netip.AddrPortFrom(netip.AddrFrom4([4]byte{b[4], b[5], b[6], b[7]}), port)
+	})
+	if err == nil {
+		err = serr
+	}
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("inpod: getsockopt SO_ORIGINAL_DST: %w", err)
+	}
+	return ap, nil
+}
