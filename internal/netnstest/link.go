@@ -3,9 +3,12 @@ package netnstest
 import (
 	"net"
 	"net/netip"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -19,9 +22,9 @@ type End struct {
 
 // Veth creates a veth pair with one end in a.NS and the other in b.NS
 // (they may be the same namespace), assigns the addresses, attaches the
-// ends to their bridges and brings both up, with permanent neighbour
-// entries for each other's addresses. The pair disappears with the
-// namespaces.
+// ends to their bridges, brings both up and waits until they (and their
+// bridges) are ready (see WaitReady), with permanent neighbour entries for
+// each other's addresses. The pair disappears with the namespaces.
 func Veth(t testing.TB, a, b End) {
 	t.Helper()
 	v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: a.Name}, PeerName: b.Name}
@@ -43,9 +46,14 @@ func Veth(t testing.TB, a, b End) {
 		}
 		LinkUp(t, e.NS, e.Name)
 	}
-	// Each end knows the other's addresses: no ARP or neighbour discovery,
-	// whose first IPv6 solicitations right after link-up can go unanswered
-	// for a second or two.
+	for _, e := range []End{a, b} {
+		WaitReady(t, e.NS, e.Name)
+		if e.Master != "" {
+			WaitReady(t, e.NS, e.Master)
+		}
+	}
+	// Each end knows the other's addresses: no ARP or neighbour discovery
+	// on the first packets.
 	for _, pair := range [][2]End{{a, b}, {b, a}} {
 		self, other := pair[0], pair[1]
 		mac := linkByName(t, other.NS, other.Name).Attrs().HardwareAddr
@@ -107,6 +115,83 @@ func AddRoute(t testing.TB, n *NetNS, dst netip.Prefix, dev string, via netip.Ad
 	if err := n.nl.RouteAdd(r); err != nil {
 		t.Fatalf("netnstest: route %s dev %s via %v in %s: %v", dst, dev, via, n, err)
 	}
+}
+
+// WaitReady blocks until the interface is operationally up and none of its
+// IPv6 addresses is tentative, re-checking on every link or address event
+// of n (no polling). The kernel finishes bringing a link up asynchronously
+// (linkwatch, up to a second later under load); until then its IPv6
+// addresses are tentative and a redirect to them is dropped.
+func WaitReady(t testing.TB, n *NetNS, name string) {
+	t.Helper()
+	h := netns.NsHandle(n.Fd())
+	done := make(chan struct{})
+	links := make(chan netlink.LinkUpdate, 16)
+	addrs := make(chan netlink.AddrUpdate, 16)
+	// The subscriptions report errors here, also when done closes their
+	// sockets; only the last one matters, for a timeout message.
+	var (
+		mu      sync.Mutex
+		lastErr error
+	)
+	fail := func(err error) {
+		mu.Lock()
+		lastErr = err
+		mu.Unlock()
+	}
+	if err := netlink.LinkSubscribeWithOptions(links, done, netlink.LinkSubscribeOptions{Namespace: &h, ErrorCallback: fail}); err != nil {
+		t.Fatalf("netnstest: subscribe to links of %s: %v", n, err)
+	}
+	if err := netlink.AddrSubscribeWithOptions(addrs, done, netlink.AddrSubscribeOptions{Namespace: &h, ErrorCallback: fail}); err != nil {
+		close(done)
+		for range links {
+		}
+		t.Fatalf("netnstest: subscribe to addresses of %s: %v", n, err)
+	}
+	defer func() {
+		close(done)
+		for range links {
+		}
+		for range addrs {
+		}
+	}()
+	timeout := time.NewTimer(readyTimeout)
+	defer timeout.Stop()
+	for {
+		why := notReady(t, n, name)
+		if why == "" {
+			return
+		}
+		select {
+		case <-links:
+		case <-addrs:
+		case <-timeout.C:
+			mu.Lock()
+			err := lastErr
+			mu.Unlock()
+			t.Fatalf("netnstest: %s/%s not ready after %v: %s (watch error: %v)", n, name, readyTimeout, why, err)
+		}
+	}
+}
+
+const readyTimeout = 10 * time.Second
+
+func notReady(t testing.TB, n *NetNS, name string) string {
+	t.Helper()
+	l := linkByName(t, n, name)
+	if st := l.Attrs().OperState; st != netlink.OperUp {
+		return "operstate " + st.String()
+	}
+	list, err := n.nl.AddrList(l, netlink.FAMILY_V6)
+	if err != nil {
+		t.Fatalf("netnstest: addresses of %s/%s: %v", n, name, err)
+	}
+	for _, a := range list {
+		if a.Flags&unix.IFA_F_TENTATIVE != 0 {
+			return a.IPNet.String() + " tentative"
+		}
+	}
+	return ""
 }
 
 func linkByName(t testing.TB, n *NetNS, name string) netlink.Link {
