@@ -76,7 +76,8 @@ type Rule struct {
 // Source describes the peer. Every field that is set must match; within a
 // field any value may match; a Not* field must match none of its values.
 // See the package documentation for the value forms and for peers without
-// an identity.
+// an identity. In JSON the IP fields use Istio's names, ipBlocks and
+// notIpBlocks, as the configuration file does.
 type Source struct {
 	Principals         []string       `json:"principals,omitempty"`
 	NotPrincipals      []string       `json:"notPrincipals,omitempty"`
@@ -84,8 +85,8 @@ type Source struct {
 	NotNamespaces      []string       `json:"notNamespaces,omitempty"`
 	ServiceAccounts    []string       `json:"serviceAccounts,omitempty"`
 	NotServiceAccounts []string       `json:"notServiceAccounts,omitempty"`
-	SourceIPs          []netip.Prefix `json:"sourceIPs,omitempty"`
-	NotSourceIPs       []netip.Prefix `json:"notSourceIPs,omitempty"`
+	SourceIPs          []netip.Prefix `json:"ipBlocks,omitempty"`
+	NotSourceIPs       []netip.Prefix `json:"notIpBlocks,omitempty"`
 }
 
 // Operation describes the destination side of the connection.

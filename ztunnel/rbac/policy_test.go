@@ -188,7 +188,7 @@ func TestJSON(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const want = `{"name":"p","namespace":"shop","scope":"namespace","action":"DENY","rules":[{"from":[{"notPrincipals":["*"],"sourceIPs":["10.0.0.0/8"]}],"to":[{"ports":[80]}]}]}`
+	const want = `{"name":"p","namespace":"shop","scope":"namespace","action":"DENY","rules":[{"from":[{"notPrincipals":["*"],"ipBlocks":["10.0.0.0/8"]}],"to":[{"ports":[80]}]}]}`
 	if string(b) != want {
 		t.Errorf("JSON:\n got %s\nwant %s", b, want)
 	}

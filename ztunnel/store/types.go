@@ -117,7 +117,7 @@ func (s *Service) clone() *Service {
 	for i, ip := range s.VIPs {
 		c.VIPs[i] = normalize(ip)
 	}
-	c.Ports = slices.Clone(s.Ports)
+	c.Ports = append([]ServicePort{}, s.Ports...)
 	for i := range c.Ports {
 		if c.Ports[i].TargetPort == 0 {
 			c.Ports[i].TargetPort = c.Ports[i].Port
