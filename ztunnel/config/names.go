@@ -115,10 +115,11 @@ func isLabelName(s string) bool {
 	return true
 }
 
-// trimSentinel drops the ": <sentinel>" that rbac errors carry, so
-// messages read naturally; the sentinel is still reachable with errors.Is.
+// trimSentinel drops the "rbac: " prefix and the ": <sentinel>" that rbac
+// errors carry, so messages read naturally under config's own prefix; the
+// sentinel is still reachable with errors.Is.
 func trimSentinel(err error) string {
-	msg := err.Error()
+	msg := strings.TrimPrefix(err.Error(), "rbac: ")
 	for _, s := range []error{rbac.ErrInvalidPattern, rbac.ErrInvalidPolicy} {
 		msg = strings.Replace(msg, ": "+s.Error(), "", 1)
 	}

@@ -243,12 +243,12 @@ func (p *Policy) Validate() error {
 				vals  []string
 				check func(string) error
 			}{
-				{"principals", s.Principals, CheckPrincipal},
-				{"notPrincipals", s.NotPrincipals, CheckPrincipal},
-				{"namespaces", s.Namespaces, CheckNamespace},
-				{"notNamespaces", s.NotNamespaces, CheckNamespace},
-				{"serviceAccounts", s.ServiceAccounts, CheckServiceAccount},
-				{"notServiceAccounts", s.NotServiceAccounts, CheckServiceAccount},
+				{"principals", s.Principals, checkPrincipal},
+				{"notPrincipals", s.NotPrincipals, checkPrincipal},
+				{"namespaces", s.Namespaces, checkNamespace},
+				{"notNamespaces", s.NotNamespaces, checkNamespace},
+				{"serviceAccounts", s.ServiceAccounts, checkServiceAccount},
+				{"notServiceAccounts", s.NotServiceAccounts, checkServiceAccount},
 			} {
 				for k, v := range f.vals {
 					if err := f.check(v); err != nil {
@@ -332,7 +332,25 @@ const spiffeScheme = "spiffe://"
 // CheckPrincipal validates one Principals/NotPrincipals value: "*", an
 // exact SPIFFE id, a prefix ending in "*" or a suffix starting with "*",
 // with or without the "spiffe://" scheme.
-func CheckPrincipal(v string) error {
+func CheckPrincipal(v string) error { return prefixed(checkPrincipal(v)) }
+
+// CheckNamespace validates one Namespaces/NotNamespaces value: "*", an
+// exact namespace name (a DNS-1123 label), a prefix ending in "*" or a
+// suffix starting with "*".
+func CheckNamespace(v string) error { return prefixed(checkNamespace(v)) }
+
+// CheckServiceAccount validates one ServiceAccounts/NotServiceAccounts
+// value: exactly "<namespace>/<serviceaccount>", no wildcards.
+func CheckServiceAccount(v string) error { return prefixed(checkServiceAccount(v)) }
+
+func prefixed(err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("rbac: %w", err)
+}
+
+func checkPrincipal(v string) error {
 	_, kind, err := splitWildcard(v)
 	if err != nil {
 		return fmt.Errorf("principal %q %s: %w", v, err.Error(), ErrInvalidPattern)
@@ -349,10 +367,7 @@ func CheckPrincipal(v string) error {
 	return nil
 }
 
-// CheckNamespace validates one Namespaces/NotNamespaces value: "*", an
-// exact namespace name (a DNS-1123 label), a prefix ending in "*" or a
-// suffix starting with "*".
-func CheckNamespace(v string) error {
+func checkNamespace(v string) error {
 	body, kind, err := splitWildcard(v)
 	if err != nil {
 		return fmt.Errorf("namespace %q %s: %w", v, err.Error(), ErrInvalidPattern)
@@ -371,9 +386,7 @@ func CheckNamespace(v string) error {
 	return nil
 }
 
-// CheckServiceAccount validates one ServiceAccounts/NotServiceAccounts
-// value: exactly "<namespace>/<serviceaccount>", no wildcards.
-func CheckServiceAccount(v string) error {
+func checkServiceAccount(v string) error {
 	ns, sa, ok := strings.Cut(v, "/")
 	if !ok || strings.Contains(sa, "/") {
 		return fmt.Errorf("service account %q: want <namespace>/<serviceaccount>: %w", v, ErrInvalidPattern)

@@ -121,8 +121,8 @@ func TestCheckPrincipal(t *testing.T) {
 		}
 	}
 	for _, v := range bad {
-		if err := CheckPrincipal(v); !errors.Is(err, ErrInvalidPattern) {
-			t.Errorf("CheckPrincipal(%q) = %v, want ErrInvalidPattern", v, err)
+		if err := CheckPrincipal(v); !errors.Is(err, ErrInvalidPattern) || !strings.HasPrefix(err.Error(), "rbac: principal ") {
+			t.Errorf("CheckPrincipal(%q) = %v, want rbac: ... ErrInvalidPattern", v, err)
 		}
 	}
 }
@@ -134,7 +134,7 @@ func TestCheckNamespace(t *testing.T) {
 		}
 	}
 	for _, v := range []string{"", "Shop", "-a", "a-", "a.b", "a*b", "**", strings.Repeat("a", 64), "a/b*"} {
-		if err := CheckNamespace(v); !errors.Is(err, ErrInvalidPattern) {
+		if err := CheckNamespace(v); !errors.Is(err, ErrInvalidPattern) || !strings.HasPrefix(err.Error(), "rbac: namespace ") {
 			t.Errorf("CheckNamespace(%q) = %v, want ErrInvalidPattern", v, err)
 		}
 	}
@@ -147,7 +147,7 @@ func TestCheckServiceAccount(t *testing.T) {
 		}
 	}
 	for _, v := range []string{"", "/", "a/", "/b", "frontend", "a/b/c", "A/b", "a/B", "*/b", "a/*"} {
-		if err := CheckServiceAccount(v); !errors.Is(err, ErrInvalidPattern) {
+		if err := CheckServiceAccount(v); !errors.Is(err, ErrInvalidPattern) || !strings.HasPrefix(err.Error(), "rbac: service account ") {
 			t.Errorf("CheckServiceAccount(%q) = %v, want ErrInvalidPattern", v, err)
 		}
 	}
