@@ -15,8 +15,8 @@ TEST_FLAGS ?= -race -shuffle=on -timeout 20m
 help: ## list targets
 	@grep -hE '^[a-z][a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-demo: ## run an HBONE mesh on loopback: file-backed CA, two proxies, tunnels and refusals
-	$(GO) run ./ztunnel/cmd/hbone-demo
+demo: build ## two nodes, four pods, one ztunnel per node (root; loopback story otherwise)
+	$(BIN)/strait-demo -ztunnel $(BIN)/ztunnel
 
 build: ## static binaries (CGO off) into bin/
 	@mkdir -p $(BIN)

@@ -1,11 +1,3 @@
-// Command hbone-demo runs a small HBONE mesh on loopback with the
-// embedded default: a file-backed CA, two proxies, a server and clients.
-// It shows a tunnel carrying bytes between two SPIFFE identities, pooled
-// connection reuse, and every kind of refusal (policy, wrong server
-// identity, foreign CA), then prints a summary. `make demo` runs it.
-//
-// The full two-node ztunnel demo (network namespaces, redirection) builds
-// on the same pieces.
 package main
 
 import (
@@ -16,7 +8,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -36,19 +27,11 @@ import (
 	"github.com/strait-mesh/strait/ztunnel/hbone"
 )
 
-func main() {
-	dir := flag.String("ca-dir", "", "directory of the file-backed root CA (default: a new temporary directory)")
-	n := flag.Int("tunnels", 2000, "tunnels to open for the pooling and rate check")
-	flag.Parse()
-	if err := run(*dir, *n); err != nil {
-		fmt.Fprintln(os.Stderr, "hbone-demo:", err)
-		os.Exit(1)
-	}
-}
-
 const trustDomain = "cluster.local"
 
-func run(dir string, tunnels int) error {
+// runLoopback is the demo without root: the HBONE library on loopback
+// with the file-backed CA, two proxies, tunnels and refusals.
+func runLoopback(dir string, tunnels int) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	if dir == "" {

@@ -5,13 +5,13 @@ import (
 	"testing"
 )
 
-// TestDemo runs what `make demo` runs; run's own checks fail it when a
+// TestDemo runs what `make demo` runs without root; run's own checks fail it when a
 // tunnel does not carry bytes or a refusal does not happen. The second run
 // reloads the root written by the first.
 func TestDemo(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "ca")
 	for i := 0; i < 2; i++ {
-		if err := run(dir, 50); err != nil {
+		if err := runLoopback(dir, 50); err != nil {
 			t.Fatalf("run %d: %v", i, err)
 		}
 	}

@@ -1,0 +1,427 @@
+// Package app assembles the ztunnel node proxy: the workload store fed by
+// the config file, the CA and certificate manager, the HBONE client pool,
+// inbound and outbound handling, the in-pod manager fed by the node agent
+// (ZDS), metrics, admin and readiness, and the drain on shutdown.
+package app
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.uber.org/zap"
+
+	"github.com/strait-mesh/strait/cni/zds"
+	"github.com/strait-mesh/strait/identity/ca"
+	"github.com/strait-mesh/strait/identity/certs"
+	"github.com/strait-mesh/strait/identity/tlsconfig"
+	"github.com/strait-mesh/strait/ztunnel/admin"
+	"github.com/strait-mesh/strait/ztunnel/config"
+	"github.com/strait-mesh/strait/ztunnel/hbone"
+	"github.com/strait-mesh/strait/ztunnel/inbound"
+	"github.com/strait-mesh/strait/ztunnel/inpod"
+	"github.com/strait-mesh/strait/ztunnel/metrics"
+	"github.com/strait-mesh/strait/ztunnel/outbound"
+	"github.com/strait-mesh/strait/ztunnel/store"
+)
+
+// Config is the proxy's configuration (flags of cmd/ztunnel).
+type Config struct {
+	// ConfigFile is the workloads/services/policies YAML (watched).
+	ConfigFile string
+	// Node is the node this proxy serves.
+	Node string
+	// TrustDomain of the mesh (cluster.local).
+	TrustDomain string
+	// CADir holds the file-backed root CA (created on first start).
+	CADir string
+	// ZDSSocket is the node agent's socket; empty disables in-pod mode
+	// (tests then call Pods() directly).
+	ZDSSocket string
+	// AdminAddr (127.0.0.1:15000), ReadyAddr (:15021), MetricsAddr (:15020).
+	AdminAddr, ReadyAddr, MetricsAddr string
+	// OutboundPort (15001), InboundPort (15006), HBONEPort (15008) inside
+	// each pod's netns.
+	OutboundPort, InboundPort, HBONEPort uint16
+	// DrainGrace bounds the drain on shutdown and pod removal (30 s).
+	DrainGrace time.Duration
+	// PreserveSourceIP dials pods from the original client address.
+	PreserveSourceIP bool
+	// LB is random or round-robin.
+	LB string
+	// MaxConns and MaxConnsPerWorkload bound connections (0 = defaults).
+	MaxConns, MaxConnsPerWorkload int
+	Logger                        *zap.Logger
+	Level                         zap.AtomicLevel
+}
+
+func (c Config) populate() (Config, error) {
+	if c.ConfigFile == "" {
+		return c, errors.New("app: a config file is required")
+	}
+	if c.Node == "" {
+		return c, errors.New("app: the node name is required")
+	}
+	if c.TrustDomain == "" {
+		c.TrustDomain = "cluster.local"
+	}
+	if c.CADir == "" {
+		return c, errors.New("app: a CA directory is required")
+	}
+	if c.OutboundPort == 0 {
+		c.OutboundPort = 15001
+	}
+	if c.InboundPort == 0 {
+		c.InboundPort = 15006
+	}
+	if c.HBONEPort == 0 {
+		c.HBONEPort = hbone.Port
+	}
+	if c.DrainGrace == 0 {
+		c.DrainGrace = 30 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = zap.NewNop()
+	}
+	if c.Level == (zap.AtomicLevel{}) {
+		c.Level = zap.NewAtomicLevelAt(zap.InfoLevel)
+	}
+	return c, nil
+}
+
+// App is a running ztunnel.
+type App struct {
+	cfg     Config
+	log     *zap.Logger
+	td      spiffeid.TrustDomain
+	store   *store.Store
+	metrics *metrics.Metrics
+	ca      *ca.CA
+	bundle  *x509bundle.Bundle
+	certs   *certs.Manager
+	client  *hbone.Client
+	in      *inbound.Inbound
+	out     *outbound.Outbound
+	pods    *inpod.Manager
+	admin   *admin.Server
+	watcher *config.Watcher
+	quit    chan struct{}
+	quitMu  sync.Once
+}
+
+// New builds the proxy; nothing listens until Run.
+func New(cfg Config) (*App, error) {
+	cfg, err := cfg.populate()
+	if err != nil {
+		return nil, err
+	}
+	td, err := spiffeid.TrustDomainFromString(cfg.TrustDomain)
+	if err != nil {
+		return nil, fmt.Errorf("app: trust domain: %w", err)
+	}
+	a := &App{cfg: cfg, log: cfg.Logger, td: td, store: store.New(), metrics: metrics.New(), quit: make(chan struct{})}
+
+	root, err := ca.LoadOrCreateFileRoot(cfg.CADir, cfg.TrustDomain)
+	if err != nil {
+		return nil, fmt.Errorf("app: %w", err)
+	}
+	a.ca, err = ca.New(ca.Config{TrustDomain: td, Root: root, Authorizer: a.nodeAuthorizer()})
+	if err != nil {
+		return nil, fmt.Errorf("app: %w", err)
+	}
+	a.bundle = a.ca.Bundle()
+	a.certs, err = certs.New(certs.Config{Fetcher: certs.FromCA(a.ca, ca.Caller{Node: cfg.Node}), Logger: a.log.Named("certs")})
+	if err != nil {
+		return nil, fmt.Errorf("app: %w", err)
+	}
+	a.client, err = hbone.NewClient(hbone.ClientConfig{TLS: a.clientTLS, DialTCP: a.dialFromPod, Logger: a.log.Named("hbone")})
+	if err != nil {
+		return nil, err
+	}
+	a.in, err = inbound.New(inbound.Config{
+		Store: a.store, Dial: a.dialPod, OrigDst: origDst, Node: cfg.Node,
+		PreserveSourceIP: cfg.PreserveSourceIP, MaxConns: cfg.MaxConns, MaxConnsPerWorkload: cfg.MaxConnsPerWorkload,
+		Metrics: a.metrics, Logger: a.log.Named("inbound"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	a.out, err = outbound.New(outbound.Config{
+		Store: a.store, HBONE: a.client, Passthrough: a.passthrough, OrigDst: origDst,
+		LB: outbound.LoadBalancing(cfg.LB), HBONEPort: cfg.HBONEPort, MaxConns: cfg.MaxConns,
+		Metrics: a.metrics, Logger: a.log.Named("outbound"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	a.pods = inpod.NewManager(a, cfg.DrainGrace, a.log.Named("inpod"))
+	a.watcher = config.NewWatcher(cfg.ConfigFile, a.store, a.log.Named("config"), config.OnReload(func(ok bool, err error) {
+		a.metrics.ConfigReload(ok)
+		if ok {
+			a.metrics.SetWorkloads(len(a.store.Load().Workloads()))
+		}
+	}))
+	a.admin, err = admin.New(admin.Config{
+		AdminAddr: cfg.AdminAddr, ReadyAddr: cfg.ReadyAddr, MetricsAddr: cfg.MetricsAddr,
+		ConfigDump: a.configDump, Level: cfg.Level, Quit: a.Quit, Metrics: a.metrics.Handler(),
+		Logger: a.log.Named("admin"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	a.admin.AddCheck("config", func() error {
+		if a.store.Load().Version() == 0 {
+			return errors.New("config not loaded yet")
+		}
+		return nil
+	})
+	a.admin.AddCheck("certificates", a.certsReady)
+	return a, nil
+}
+
+// Store is the workload store (for tests and the admin dump).
+func (a *App) Store() *store.Store { return a.store }
+
+// Pods is the in-pod manager; tests without a node agent drive it directly.
+func (a *App) Pods() *inpod.Manager { return a.pods }
+
+// Metrics is the metrics registry.
+func (a *App) Metrics() *metrics.Metrics { return a.metrics }
+
+// AdminAddrs are the bound admin, readiness and metrics addresses.
+func (a *App) AdminAddrs() admin.Addrs { return a.admin.Addrs() }
+
+// Quit starts a graceful shutdown (admin /quitquitquit).
+func (a *App) Quit() { a.quitMu.Do(func() { close(a.quit) }) }
+
+// Run serves until ctx is done or Quit, then drains for DrainGrace and
+// returns. It fails early if the config cannot be loaded.
+func (a *App) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	werr := make(chan error, 1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		werr <- a.watcher.Run(ctx)
+	}()
+	select {
+	case <-a.watcher.Ready():
+	case err := <-werr:
+		cancel()
+		wg.Wait()
+		return fmt.Errorf("app: initial config: %w", err)
+	}
+	a.metrics.SetWorkloads(len(a.store.Load().Workloads()))
+	if err := a.admin.Start(ctx); err != nil {
+		cancel()
+		wg.Wait()
+		return fmt.Errorf("app: %w", err)
+	}
+	if a.cfg.ZDSSocket != "" {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			zc := zds.NewClient(zds.ClientConfig{Logger: a.log.Named("zds")})
+			_ = zc.Serve(ctx, a.cfg.ZDSSocket, a.pods)
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		a.publishGauges(ctx)
+	}()
+	a.log.Info("ztunnel ready", zap.String("node", a.cfg.Node), zap.String("config", a.cfg.ConfigFile))
+	select {
+	case <-ctx.Done():
+	case <-a.quit:
+	}
+	a.log.Info("ztunnel draining", zap.Duration("grace", a.cfg.DrainGrace))
+	cancel()
+	drainCtx, drainCancel := context.WithTimeout(context.Background(), a.cfg.DrainGrace)
+	defer drainCancel()
+	errs := []error{a.pods.StopAll(drainCtx), a.client.Shutdown(drainCtx)}
+	wg.Wait()
+	a.certs.Close()
+	errs = append(errs, a.admin.Shutdown(drainCtx))
+	a.log.Info("ztunnel stopped")
+	return errors.Join(errs...)
+}
+
+func (a *App) publishGauges(ctx context.Context) {
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		st := a.client.Stats()
+		a.metrics.SetPool(st.Conns, st.Streams)
+		for id, exp := range a.certs.Expiries() {
+			a.metrics.SetCertExpiry(id.String(), exp)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// nodeAuthorizer lets the embedded CA sign only identities of workloads
+// scheduled on this node.
+func (a *App) nodeAuthorizer() ca.Authorizer {
+	return ca.AuthorizerFunc(func(_ context.Context, caller ca.Caller, id spiffeid.ID) error {
+		for _, w := range a.store.Load().Workloads() {
+			if w.Node == caller.Node && w.Identity() == id {
+				return nil
+			}
+		}
+		return fmt.Errorf("no workload with identity %s on node %q", id, caller.Node)
+	})
+}
+
+func (a *App) certsReady() error {
+	exp := a.certs.Expiries()
+	snap := a.store.Load()
+	for _, uid := range a.pods.UIDs() {
+		w := snap.WorkloadByUID(uid)
+		if w == nil {
+			continue
+		}
+		if t, ok := exp[w.Identity()]; !ok || time.Now().After(t) {
+			return fmt.Errorf("no valid certificate for %s yet", w.Identity())
+		}
+	}
+	return nil
+}
+
+func (a *App) clientTLS(_ context.Context, k hbone.Key) (*tls.Config, error) {
+	ids, err := k.DstIdentities.IDs()
+	if err != nil {
+		return nil, err
+	}
+	return tlsconfig.Client(a.certs.Source(k.SrcIdentity), a.bundle, ids, tlsconfig.WithSVIDFunc(a.certs.SVIDFunc(k.SrcIdentity)))
+}
+
+// podNetNS finds the netns of the running local pod that owns ip.
+func (a *App) podNetNS(ip netip.Addr) (*store.Workload, *inpod.NetNS, error) {
+	w := a.store.Load().WorkloadByIP(ip)
+	if w == nil {
+		return nil, nil, fmt.Errorf("app: no workload has %s", ip)
+	}
+	ns := a.pods.NetNS(w.UID)
+	if ns == nil {
+		return nil, nil, fmt.Errorf("app: pod %s/%s is not running on this node", w.Namespace, w.Name)
+	}
+	return w, ns, nil
+}
+
+// dialFromPod opens the HBONE connection from inside the source pod's
+// netns, marked so its own redirection lets it through.
+func (a *App) dialFromPod(ctx context.Context, k hbone.Key) (net.Conn, error) {
+	_, ns, err := a.podNetNS(k.SrcIP)
+	if err != nil {
+		return nil, err
+	}
+	return ns.Dial(ctx, netip.Addr{}, k.DstAddr, inpod.SocketOpts{Mark: inpod.Mark})
+}
+
+// dialPod reaches a local pod from inside its netns (inbound last leg).
+func (a *App) dialPod(ctx context.Context, w *store.Workload, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
+	ns := a.pods.NetNS(w.UID)
+	if ns == nil {
+		return nil, fmt.Errorf("app: pod %s/%s is not running on this node", w.Namespace, w.Name)
+	}
+	return ns.Dial(ctx, src, dst, inpod.SocketOpts{Mark: inpod.Mark, Transparent: src.IsValid()})
+}
+
+// passthrough dials a non-mesh destination from the source pod's netns.
+func (a *App) passthrough(ctx context.Context, src *store.Workload, dst netip.AddrPort) (net.Conn, error) {
+	ns := a.pods.NetNS(src.UID)
+	if ns == nil {
+		return nil, fmt.Errorf("app: pod %s/%s is not running on this node", src.Namespace, src.Name)
+	}
+	return ns.Dial(ctx, netip.Addr{}, dst, inpod.SocketOpts{Mark: inpod.Mark})
+}
+
+func origDst(c net.Conn) (netip.AddrPort, error) {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return netip.AddrPort{}, fmt.Errorf("app: original destination of a %T", c)
+	}
+	return inpod.OriginalDst(sc)
+}
+
+// StartPod implements inpod.Starter: it binds the pod's three listeners
+// inside its netns and serves them.
+func (a *App) StartPod(ctx context.Context, uid string, ns *inpod.NetNS) (inpod.Handle, error) {
+	w := a.store.Load().WorkloadByUID(uid)
+	if w == nil {
+		return nil, fmt.Errorf("%w %q (not in the config)", inpod.ErrUnknownWorkload, uid)
+	}
+	if w.Node != a.cfg.Node {
+		return nil, fmt.Errorf("app: pod %s/%s is scheduled on node %q, not %q", w.Namespace, w.Name, w.Node, a.cfg.Node)
+	}
+	id := w.Identity()
+	// Fetch the certificate now so the first connection does not wait.
+	if _, err := a.certs.Get(ctx, id); err != nil {
+		return nil, fmt.Errorf("app: certificate for %s: %w", id, err)
+	}
+	srvTLS, err := tlsconfig.Server(a.certs.Source(id), a.bundle, a.td, tlsconfig.WithSVIDFunc(a.certs.SVIDFunc(id)))
+	if err != nil {
+		return nil, err
+	}
+	srv, err := hbone.NewServer(hbone.ServerConfig{
+		TLS: srvTLS, Handler: a.in, OnStreamDone: a.in.Done, Logger: a.log.Named("hbone-server"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	opts := inpod.SocketOpts{Mark: inpod.Mark, ReusePort: true}
+	p := &podRun{srv: srv}
+	for _, l := range []struct {
+		port uint16
+		dst  *net.Listener
+	}{{a.cfg.OutboundPort, &p.out}, {a.cfg.InboundPort, &p.plain}, {a.cfg.HBONEPort, &p.hbone}} {
+		ln, err := ns.Listen(ctx, ":"+strconv.Itoa(int(l.port)), opts)
+		if err != nil {
+			p.closeListeners()
+			return nil, err
+		}
+		*l.dst = newTracking(ln, &p.conns)
+	}
+	podCtx, cancel := context.WithCancel(context.Background())
+	p.cancel = cancel
+	p.wg.Add(3)
+	go func() { defer p.wg.Done(); _ = a.out.Serve(podCtx, p.out, w) }()
+	go func() { defer p.wg.Done(); _ = a.in.ServePlaintext(podCtx, p.plain, w) }()
+	go func() { defer p.wg.Done(); _ = srv.Serve(p.hbone) }()
+	return p, nil
+}
+
+// configDump is the admin /config_dump: the store, enrolled pods and
+// certificate expiries, never key material.
+func (a *App) configDump() any {
+	snap := a.store.Load()
+	expiries := map[string]time.Time{}
+	for id, t := range a.certs.Expiries() {
+		expiries[id.String()] = t
+	}
+	return struct {
+		Node         string               `json:"node"`
+		Version      uint64               `json:"configVersion"`
+		Workloads    []*store.Workload    `json:"workloads"`
+		Services     []*store.Service     `json:"services"`
+		EnrolledPods []string             `json:"enrolledPods"`
+		Certificates map[string]time.Time `json:"certificateExpiry"`
+		Pool         hbone.PoolStats      `json:"hbonePool"`
+	}{a.cfg.Node, snap.Version(), snap.Workloads(), snap.Services(), a.pods.UIDs(), expiries, a.client.Stats()}
+}

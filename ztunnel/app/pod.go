@@ -1,0 +1,132 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"net"
+	"sync"
+
+	"github.com/strait-mesh/strait/ztunnel/hbone"
+)
+
+// podRun is one enrolled pod's listeners and the connections they took.
+type podRun struct {
+	out, plain, hbone net.Listener
+	srv               *hbone.Server
+	conns             connSet
+	cancel            context.CancelFunc
+	wg                sync.WaitGroup
+}
+
+func (p *podRun) closeListeners() {
+	for _, ln := range []net.Listener{p.out, p.plain, p.hbone} {
+		if ln != nil {
+			ln.Close()
+		}
+	}
+}
+
+// Stop closes the listeners at once, lets open connections finish until
+// ctx is done (HBONE peers get GOAWAY), then closes what is left.
+func (p *podRun) Stop(ctx context.Context) error {
+	p.closeListeners()
+	err := p.srv.Shutdown(ctx)
+	if errors.Is(err, hbone.ErrServerClosed) {
+		err = nil
+	}
+	p.conns.wait(ctx)
+	p.conns.closeAll()
+	p.cancel()
+	p.wg.Wait()
+	return err
+}
+
+// connSet tracks a pod's accepted connections so removal can drain them.
+type connSet struct {
+	mu    sync.Mutex
+	conns map[net.Conn]struct{}
+	empty chan struct{} // closed when the set becomes empty; nil while empty
+}
+
+func (s *connSet) add(c net.Conn) {
+	s.mu.Lock()
+	if s.conns == nil {
+		s.conns = make(map[net.Conn]struct{})
+	}
+	if len(s.conns) == 0 {
+		s.empty = make(chan struct{})
+	}
+	s.conns[c] = struct{}{}
+	s.mu.Unlock()
+}
+
+func (s *connSet) remove(c net.Conn) {
+	s.mu.Lock()
+	if _, ok := s.conns[c]; ok {
+		delete(s.conns, c)
+		if len(s.conns) == 0 && s.empty != nil {
+			close(s.empty)
+			s.empty = nil
+		}
+	}
+	s.mu.Unlock()
+}
+
+func (s *connSet) wait(ctx context.Context) {
+	s.mu.Lock()
+	ch := s.empty
+	s.mu.Unlock()
+	if ch == nil {
+		return
+	}
+	select {
+	case <-ch:
+	case <-ctx.Done():
+	}
+}
+
+func (s *connSet) closeAll() {
+	s.mu.Lock()
+	conns := make([]net.Conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.Close()
+	}
+}
+
+// tracking wraps a listener so accepted connections join a connSet until
+// closed.
+type tracking struct {
+	net.Listener
+	set *connSet
+}
+
+func newTracking(ln net.Listener, set *connSet) net.Listener {
+	return &tracking{Listener: ln, set: set}
+}
+
+func (t *tracking) Accept() (net.Conn, error) {
+	c, err := t.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	tc := &trackedConn{TCPConn: c.(*net.TCPConn), set: t.set}
+	t.set.add(tc)
+	return tc, nil
+}
+
+// trackedConn removes itself from the set on Close. It embeds
+// *net.TCPConn so SO_ORIGINAL_DST, splice and half-close keep working.
+type trackedConn struct {
+	*net.TCPConn
+	set  *connSet
+	once sync.Once
+}
+
+func (c *trackedConn) Close() error {
+	c.once.Do(func() { c.set.remove(c) })
+	return c.TCPConn.Close()
+}

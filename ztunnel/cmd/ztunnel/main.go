@@ -1,0 +1,69 @@
+// Command ztunnel is Strait's node proxy. It serves the enrolled pods of
+// one node: their traffic arrives in their own network namespaces (in-pod
+// mode, pods handed over by the node agent over ZDS) and travels between
+// nodes in HBONE tunnels. SIGTERM drains (GOAWAY, open connections finish
+// within -drain-grace) and exits 0.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/strait-mesh/strait/ztunnel/app"
+)
+
+func main() {
+	var cfg app.Config
+	flag.StringVar(&cfg.ConfigFile, "config", "/etc/strait/workloads.yaml", "workloads, services and policies (YAML, watched)")
+	flag.StringVar(&cfg.Node, "node", os.Getenv("NODE_NAME"), "this node's name (env NODE_NAME)")
+	flag.StringVar(&cfg.TrustDomain, "trust-domain", "cluster.local", "mesh trust domain")
+	flag.StringVar(&cfg.CADir, "ca-dir", "/var/lib/strait/ca", "file-backed root CA directory (created on first start, key mode 0600)")
+	flag.StringVar(&cfg.ZDSSocket, "zds-socket", "/var/run/strait/ztunnel.sock", "node agent socket (ZDS); empty disables in-pod mode")
+	flag.StringVar(&cfg.AdminAddr, "admin-addr", "127.0.0.1:15000", "admin listener (loopback only)")
+	flag.StringVar(&cfg.ReadyAddr, "ready-addr", ":15021", "readiness listener")
+	flag.StringVar(&cfg.MetricsAddr, "metrics-addr", ":15020", "Prometheus metrics listener")
+	flag.DurationVar(&cfg.DrainGrace, "drain-grace", 30*time.Second, "how long open connections may take to finish on shutdown")
+	flag.BoolVar(&cfg.PreserveSourceIP, "preserve-source-ip", true, "dial pods from the original client address (IP_TRANSPARENT; needs the node agent's fwmark route in the pod)")
+	flag.StringVar(&cfg.LB, "lb", "random", "service endpoint selection: random or round-robin")
+	flag.IntVar(&cfg.MaxConns, "max-conns", 0, "connections in total per direction (0 = 65536)")
+	flag.IntVar(&cfg.MaxConnsPerWorkload, "max-conns-per-workload", 0, "inbound connections per workload (0 = 16384)")
+	level := flag.String("log-level", "info", "debug, info, warn or error (changeable at runtime: /logging)")
+	flag.Parse()
+
+	lvl, err := zap.ParseAtomicLevel(*level)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "ztunnel: -log-level:", err)
+		os.Exit(2)
+	}
+	zc := zap.NewProductionConfig()
+	zc.Level = lvl
+	zc.EncoderConfig.TimeKey = "time"
+	zc.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
+	log, err := zc.Build()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "ztunnel: logger:", err)
+		os.Exit(1)
+	}
+	defer log.Sync()
+	cfg.Logger, cfg.Level = log, lvl
+
+	a, err := app.New(cfg)
+	if err != nil {
+		log.Error("ztunnel: cannot start", zap.Error(err))
+		os.Exit(1)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := a.Run(ctx); err != nil {
+		log.Error("ztunnel: stopped with an error", zap.Error(err))
+		os.Exit(1)
+	}
+}
