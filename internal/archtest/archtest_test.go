@@ -24,6 +24,16 @@ var rules = []struct {
 	{mod + "/cni/plugin", []string{"k8s.io/client-go", mod + "/ztunnel"}, "the CNI plugin stays tiny"},
 	{mod + "/cni/cmd/strait-cni", []string{"k8s.io/client-go", mod + "/ztunnel"}, "the CNI plugin binary stays tiny"},
 	{mod + "/", []string{"istio.io/"}, "Istio is only an interop peer in a separate module"},
+	{mod + "/ztunnel/rbac", []string{mod + "/ztunnel/store", mod + "/ztunnel/config", mod + "/ztunnel/hbone"}, "authorization is a pure model below the store"},
+	{mod + "/ztunnel/store", []string{mod + "/ztunnel/config", mod + "/ztunnel/hbone", mod + "/ztunnel/inbound", mod + "/ztunnel/outbound"}, "the store is fed by config and kube, never the reverse"},
+	{mod + "/ztunnel/config", []string{mod + "/ztunnel/hbone", mod + "/ztunnel/inbound", mod + "/ztunnel/outbound", mod + "/ztunnel/app"}, "config only builds store snapshots"},
+	{mod + "/ztunnel/inbound", []string{mod + "/ztunnel/app", mod + "/ztunnel/inpod", mod + "/ztunnel/outbound"}, "data path packages get sockets injected by the app"},
+	{mod + "/ztunnel/outbound", []string{mod + "/ztunnel/app", mod + "/ztunnel/inpod", mod + "/ztunnel/inbound"}, "data path packages get sockets injected by the app"},
+	{mod + "/ztunnel/inpod", []string{mod + "/ztunnel/app", mod + "/ztunnel/inbound", mod + "/ztunnel/outbound", mod + "/ztunnel/hbone"}, "in-pod mode manages namespaces, not traffic"},
+	{mod + "/ztunnel/metrics", []string{mod + "/ztunnel/hbone", mod + "/ztunnel/inbound", mod + "/ztunnel/outbound", mod + "/ztunnel/app"}, "metrics are a leaf"},
+	{mod + "/ztunnel/admin", []string{mod + "/ztunnel/hbone", mod + "/ztunnel/inbound", mod + "/ztunnel/outbound", mod + "/ztunnel/app"}, "admin takes functions, not the data path"},
+	{mod + "/cni/redirect", []string{"k8s.io/client-go", mod + "/ztunnel"}, "the CNI plugin will link the redirect rules: no client-go, no proxy"},
+	{mod + "/cni/zds", []string{"k8s.io/client-go", mod + "/ztunnel"}, "the protocol is shared by the agent and the proxy"},
 }
 
 func TestImportGraph(t *testing.T) {
