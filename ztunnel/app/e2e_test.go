@@ -55,7 +55,10 @@ type mesh struct {
 // startMesh builds two nodes: client and intruder pods on node a, the
 // server and a non-enrolled outsider on node b, one ztunnel per node fed
 // by a node agent over ZDS.
-func startMesh(t *testing.T) *mesh {
+func startMesh(t *testing.T) *mesh { t.Helper(); return startMeshWith(t, nil) }
+
+// startMeshWith lets a test adjust each node's Config.
+func startMeshWith(t *testing.T, mod func(*Config)) *mesh {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for network namespaces (CI runs as root)")
@@ -94,11 +97,15 @@ func startMesh(t *testing.T) *mesh {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { agent.Close() })
-		a, err := New(Config{
+		cfg := Config{
 			ConfigFile: cfgPath, Node: node.Name, CADir: filepath.Join(dir, "ca"), ZDSSocket: sock,
 			AdminAddr: "127.0.0.1:0", ReadyAddr: "127.0.0.1:0", MetricsAddr: "127.0.0.1:0",
 			DrainGrace: 2 * time.Second, PreserveSourceIP: true, Logger: zaptest.NewLogger(t).Named(node.Name),
-		})
+		}
+		if mod != nil {
+			mod(&cfg)
+		}
+		a, err := New(cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -496,4 +503,68 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// TestMeshConnectionLimit: beyond the limit, connections are refused at
+// once and counted; those already open keep working; freeing them lets
+// new ones in.
+func TestMeshConnectionLimit(t *testing.T) {
+	const limit = 200
+	m := startMeshWith(t, func(c *Config) {
+		if c.Node == "node-a" {
+			c.MaxConns = limit
+		}
+	})
+	client, server := m.topo.Pod("client"), m.topo.Pod("server")
+	serverAddr := server.IP.String() + ":8080"
+	var held []net.Conn
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	for i := 0; i < limit; i++ {
+		c, err := dialFrom(t, client, serverAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Write([]byte{1}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+			t.Fatalf("connection %d under the limit: %v", i, err)
+		}
+		held = append(held, c)
+	}
+	for i := 0; i < 50; i++ {
+		refused(t, client, serverAddr)
+	}
+	if !strings.Contains(scrape(t, m.apps["node-a"]), `strait_connection_failures_total{direction="outbound",reason="connection_limit"} 50`) {
+		t.Fatalf("refusals not counted:\n%s", grep(scrape(t, m.apps["node-a"]), "connection_failures"))
+	}
+	// The held connections still work.
+	for _, c := range held[:10] {
+		if _, err := c.Write([]byte{2}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+			t.Fatalf("held connection broken by refusals: %v", err)
+		}
+	}
+	for _, c := range held {
+		c.Close()
+	}
+	held = nil
+	waitUntil(t, "a slot to free up", func() bool {
+		c, err := dialFrom(t, client, serverAddr)
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(2 * time.Second))
+		c.Write([]byte{3})
+		_, err = io.ReadFull(c, make([]byte, 1))
+		return err == nil
+	})
 }
