@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -585,6 +586,25 @@ func TestHandshakeLimitAndTimeout(t *testing.T) {
 	if _, err := idle.Read(make([]byte, 1)); err != io.EOF {
 		t.Fatalf("silent client: read %v, want EOF after the handshake timeout", err)
 	}
+	// Slowloris at scale: many silent TCP clients are all dropped and
+	// leave no goroutine behind.
+	base := runtime.NumGoroutine()
+	var silent []net.Conn
+	for i := 0; i < 100; i++ {
+		c, err := net.Dial("tcp", f.addr.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		silent = append(silent, c)
+	}
+	for _, c := range silent {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+			t.Fatalf("silent client: %v, want EOF", err)
+		}
+		c.Close()
+	}
+	waitFor(t, "goroutines of dropped handshakes to exit", func() bool { return runtime.NumGoroutine() <= base })
 	c := f.client(t, "ns-a", "sa-a")
 	conn, err := c.Dial(ctxT(t), f.request())
 	if err != nil {
