@@ -464,6 +464,22 @@ func TestMeshReloadAndLifecycle(t *testing.T) {
 	c.Close()
 	roundTrip(long, "after a rejected reload")
 
+	// PERMISSIVE without an identity-based policy lets plaintext in.
+	refused(t, m.topo.Pod("outsider"), serverAddr)
+	v = m.apps["node-b"].Store().Load().Version()
+	permissive := meshExtra[:strings.Index(meshExtra, "authorizationPolicies:")] +
+		"peerAuthentications:\n- name: permissive-shop\n  namespace: shop\n  mode: PERMISSIVE\n"
+	if err := os.WriteFile(cfgPath, m.topo.WorkloadsYAML(enrolled, permissive), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "node-b to apply PERMISSIVE", func() bool { return m.apps["node-b"].Store().Load().Version() > v })
+	c, err = dialFrom(t, m.topo.Pod("outsider"), serverAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	echo(t, c, 1000)
+	c.Close()
+
 	// The agent sends a pod ztunnel does not know: nack with the reason.
 	f, err := os.Open(client.NetNSPath())
 	if err != nil {
