@@ -27,25 +27,6 @@ import (
 	"github.com/strait-mesh/strait/ztunnel/inpod"
 )
 
-const meshExtra = `services:
-- name: checkout
-  namespace: shop
-  vips: [10.96.0.10]
-  ports: [{name: http, port: 80, targetPort: 8080}]
-  selector: {app: server}
-authorizationPolicies:
-- name: only-frontend
-  namespace: shop
-  selector: {app: server}
-  action: ALLOW
-  rules:
-  - from: [{principals: ["spiffe://cluster.local/ns/shop/sa/frontend"]}]
-peerAuthentications:
-- name: strict-shop
-  namespace: shop
-  mode: STRICT
-`
-
 type mesh struct {
 	topo  *meshtest.Topology
 	apps  map[string]*App
@@ -64,23 +45,15 @@ func startMeshWith(t *testing.T, mod func(*Config)) *mesh {
 		t.Skip("needs root for network namespaces (CI runs as root)")
 	}
 	prefix := fmt.Sprintf("e2e%d", os.Getpid()%100000)
-	topo, err := meshtest.Build(prefix, meshtest.Spec{
-		Nodes: []string{"node-a", "node-b"},
-		Pods: []meshtest.PodSpec{
-			{Name: "client", Namespace: "shop", ServiceAccount: "frontend", Node: "node-a"},
-			{Name: "intruder", Namespace: "attic", ServiceAccount: "scraper", Node: "node-a"},
-			{Name: "server", Namespace: "shop", ServiceAccount: "checkout", Node: "node-b"},
-			{Name: "outsider", Namespace: "legacy", ServiceAccount: "default", Node: "node-b"},
-		},
-	})
+	topo, err := meshtest.Build(prefix, meshtest.ShopSpec())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { topo.Close() })
 	dir := t.TempDir()
 	cfgPath := filepath.Join(dir, "workloads.yaml")
-	enrolled := map[string]bool{"client": true, "intruder": true, "server": true}
-	if err := os.WriteFile(cfgPath, topo.WorkloadsYAML(enrolled, meshExtra), 0o644); err != nil {
+	enrolled := meshtest.ShopEnrolled()
+	if err := os.WriteFile(cfgPath, topo.WorkloadsYAML(enrolled, meshtest.ShopPolicies), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	serveEcho(t, topo.Pod("server"), 8080)
@@ -408,7 +381,7 @@ func TestMeshReloadAndLifecycle(t *testing.T) {
 	client, intruder, server := m.topo.Pod("client"), m.topo.Pod("intruder"), m.topo.Pod("server")
 	serverAddr := server.IP.String() + ":8080"
 	cfgPath := m.apps["node-b"].cfg.ConfigFile
-	enrolled := map[string]bool{"client": true, "intruder": true, "server": true}
+	enrolled := meshtest.ShopEnrolled()
 
 	long, err := dialFrom(t, client, serverAddr)
 	if err != nil {
@@ -431,7 +404,7 @@ func TestMeshReloadAndLifecycle(t *testing.T) {
 
 	// Valid change: let attic/scraper in as well.
 	v := m.apps["node-b"].Store().Load().Version()
-	allowBoth := strings.Replace(meshExtra, `principals: ["spiffe://cluster.local/ns/shop/sa/frontend"]`,
+	allowBoth := strings.Replace(meshtest.ShopPolicies, `principals: ["spiffe://cluster.local/ns/shop/sa/frontend"]`,
 		`principals: ["spiffe://cluster.local/ns/shop/sa/frontend", "spiffe://cluster.local/ns/attic/sa/scraper"]`, 1)
 	if err := os.WriteFile(cfgPath, m.topo.WorkloadsYAML(enrolled, allowBoth), 0o644); err != nil {
 		t.Fatal(err)
@@ -467,7 +440,7 @@ func TestMeshReloadAndLifecycle(t *testing.T) {
 	// PERMISSIVE without an identity-based policy lets plaintext in.
 	refused(t, m.topo.Pod("outsider"), serverAddr)
 	v = m.apps["node-b"].Store().Load().Version()
-	permissive := meshExtra[:strings.Index(meshExtra, "authorizationPolicies:")] +
+	permissive := meshtest.ShopPolicies[:strings.Index(meshtest.ShopPolicies, "authorizationPolicies:")] +
 		"peerAuthentications:\n- name: permissive-shop\n  namespace: shop\n  mode: PERMISSIVE\n"
 	if err := os.WriteFile(cfgPath, m.topo.WorkloadsYAML(enrolled, permissive), 0o644); err != nil {
 		t.Fatal(err)

@@ -20,25 +20,6 @@ import (
 	"github.com/strait-mesh/strait/ztunnel/inpod"
 )
 
-const meshPolicies = `services:
-- name: checkout
-  namespace: shop
-  vips: [10.96.0.10]
-  ports: [{name: http, port: 80, targetPort: 8080}]
-  selector: {app: server}
-authorizationPolicies:
-- name: only-frontend
-  namespace: shop
-  selector: {app: server}
-  action: ALLOW
-  rules:
-  - from: [{principals: ["spiffe://cluster.local/ns/shop/sa/frontend"]}]
-peerAuthentications:
-- name: strict-shop
-  namespace: shop
-  mode: STRICT
-`
-
 type proc struct {
 	name string
 	cmd  *exec.Cmd
@@ -64,15 +45,7 @@ func runMesh(ctx context.Context, ztunnelBin string) (err error) {
 		fmt.Printf("[%5.1fs] %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, args...))
 	}
 
-	topo, err := meshtest.Build(fmt.Sprintf("sd%d", os.Getpid()%100000), meshtest.Spec{
-		Nodes: []string{"node-a", "node-b"},
-		Pods: []meshtest.PodSpec{
-			{Name: "client", Namespace: "shop", ServiceAccount: "frontend", Node: "node-a"},
-			{Name: "intruder", Namespace: "attic", ServiceAccount: "scraper", Node: "node-a"},
-			{Name: "server", Namespace: "shop", ServiceAccount: "checkout", Node: "node-b"},
-			{Name: "outsider", Namespace: "legacy", ServiceAccount: "default", Node: "node-b"},
-		},
-	})
+	topo, err := meshtest.Build(fmt.Sprintf("sd%d", os.Getpid()%100000), meshtest.ShopSpec())
 	if err != nil {
 		return err
 	}
@@ -89,9 +62,9 @@ func runMesh(ctx context.Context, ztunnelBin string) (err error) {
 		step("pod  %-9s netns %-10s %s on %s (%s/%s)", p.Name, p.NS, p.IP, p.Node.Name, p.Namespace, p.ServiceAccount)
 	}
 
-	enrolled := map[string]bool{"client": true, "intruder": true, "server": true}
+	enrolled := meshtest.ShopEnrolled()
 	cfgPath := filepath.Join(dir, "workloads.yaml")
-	if err := os.WriteFile(cfgPath, topo.WorkloadsYAML(enrolled, meshPolicies), 0o644); err != nil {
+	if err := os.WriteFile(cfgPath, topo.WorkloadsYAML(enrolled, meshtest.ShopPolicies), 0o644); err != nil {
 		return err
 	}
 
