@@ -126,6 +126,9 @@ type trackedConn struct {
 	once sync.Once
 }
 
+// TCP exposes the socket so TCP-to-TCP relays can splice.
+func (c *trackedConn) TCP() *net.TCPConn { return c.TCPConn }
+
 func (c *trackedConn) Close() error {
 	c.once.Do(func() { c.set.remove(c) })
 	return c.TCPConn.Close()

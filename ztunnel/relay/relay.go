@@ -72,10 +72,16 @@ func Bidirectional(a, b net.Conn) Result {
 func copyHalf(dst, src net.Conn) (int64, error) {
 	var n int64
 	var err error
-	if wt, ok := src.(io.WriterTo); ok && !isSocket(src) {
+	st, dt := tcpOf(src), tcpOf(dst)
+	switch wt, ok := src.(io.WriterTo); {
+	case st != nil && dt != nil:
+		// TCP to TCP (plain passthrough): the kernel moves the bytes
+		// (splice on Linux) without copying them through user space.
+		n, err = dt.ReadFrom(st)
+	case ok && !isSocket(src):
 		// A tunnel stream writes from its own receive buffers.
 		n, err = wt.WriteTo(dst)
-	} else {
+	default:
 		n, err = copyBuffered(dst, src)
 	}
 	if err != nil {
@@ -121,6 +127,22 @@ func copyBuffered(dst io.Writer, src net.Conn) (int64, error) {
 			return total, rerr
 		}
 	}
+}
+
+// TCPUnwrapper is implemented by connection wrappers (for example ones
+// that track open connections) to expose their TCP socket for splicing.
+type TCPUnwrapper interface {
+	TCP() *net.TCPConn
+}
+
+func tcpOf(c net.Conn) *net.TCPConn {
+	switch c := c.(type) {
+	case *net.TCPConn:
+		return c
+	case TCPUnwrapper:
+		return c.TCP()
+	}
+	return nil
 }
 
 func isSocket(c net.Conn) bool {

@@ -135,3 +135,38 @@ func TestIdleHoldsNoBuffer(t *testing.T) {
 		t.Fatalf("read after FIN: %v", err)
 	}
 }
+
+// wrapped hides the *net.TCPConn type the way a tracking wrapper does.
+type wrapped struct{ *net.TCPConn }
+
+func (w wrapped) TCP() *net.TCPConn { return w.TCPConn }
+
+// TestSpliceThroughWrappers: TCP↔TCP relays (also through wrappers that
+// expose the socket) carry bytes intact with half-close.
+func TestSpliceThroughWrappers(t *testing.T) {
+	client, relayA := tcpPair(t)
+	relayB, server := tcpPair(t)
+	if tcpOf(wrapped{relayA}) != relayA || tcpOf(relayB) != relayB || tcpOf(nil) != nil {
+		t.Fatal("tcpOf does not see through the wrapper")
+	}
+	done := make(chan Result, 1)
+	go func() { done <- Bidirectional(wrapped{relayA}, relayB) }()
+	up := make([]byte, 8<<20)
+	rand.Read(up)
+	go func() {
+		client.Write(up)
+		client.CloseWrite()
+	}()
+	got, err := io.ReadAll(server)
+	if err != nil || !bytes.Equal(got, up) {
+		t.Fatalf("server got %d bytes, %v", len(got), err)
+	}
+	server.Write([]byte("bye"))
+	server.CloseWrite()
+	if back, err := io.ReadAll(client); err != nil || string(back) != "bye" {
+		t.Fatalf("client got %q, %v", back, err)
+	}
+	if r := <-done; r.Err != nil || r.AToB != int64(len(up)) || r.BToA != 3 {
+		t.Fatalf("result %+v", r)
+	}
+}
