@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"io"
 	"net"
+	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -216,4 +217,43 @@ func BenchmarkConnectCold(b *testing.B) {
 		c.Close()
 	}
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "conns/s")
+}
+
+// BenchmarkIdleTunnelMemory opens b.N idle tunnels (upstream is a real TCP
+// echo) and reports heap plus goroutine stacks per tunnel, client and
+// server side together, after a GC.
+func BenchmarkIdleTunnelMemory(b *testing.B) {
+	f := newFixture(b, nil)
+	c := f.client(b, "ns-a", "sa-a")
+	req := f.request()
+	oneTunnel(b, c, req) // warm: pool connection and certificates
+	measure := func() uint64 {
+		// Several cycles: each GC halves oversized goroutine stacks once,
+		// which is where a long-lived idle tunnel ends up.
+		for i := 0; i < 4; i++ {
+			runtime.GC()
+		}
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapInuse + ms.StackInuse
+	}
+	before := measure()
+	conns := make([]*Conn, 0, b.N)
+	for i := 0; i < b.N; i++ {
+		conn, err := c.Dial(context.Background(), req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		var one [1]byte
+		conn.Write(one[:])
+		if _, err := io.ReadFull(conn, one[:]); err != nil {
+			b.Fatal(err)
+		}
+		conns = append(conns, conn)
+	}
+	after := measure()
+	b.ReportMetric(float64(after-before)/float64(b.N)/1024, "KiB/idle-tunnel")
+	for _, conn := range conns {
+		conn.Close()
+	}
 }
