@@ -8,7 +8,9 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -53,17 +55,26 @@ func (n *NetNS) Close() error { return n.f.Close() }
 // Fd is the namespace file descriptor.
 func (n *NetNS) Fd() uintptr { return n.f.Fd() }
 
+// hostNetNS is the namespace the process started in, opened once: every
+// thread returns to it after Do. (Opening /proc/thread-self/ns/net on
+// each call cost a noticeable share of the per-connection CPU.)
+var hostNetNS = sync.OnceValues(func() (*os.File, error) {
+	f, err := os.Open("/proc/self/ns/net")
+	if err != nil {
+		return nil, fmt.Errorf("inpod: open the process netns: %w", err)
+	}
+	return f, nil
+})
+
 // Do runs fn with the calling goroutine's OS thread switched into the
 // namespace. If switching back fails, the thread is left locked so that
 // the runtime discards it rather than reuse a thread in the wrong netns.
 func (n *NetNS) Do(fn func() error) error {
-	runtime.LockOSThread()
-	orig, err := os.Open("/proc/thread-self/ns/net")
+	orig, err := hostNetNS()
 	if err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("inpod: open current netns: %w", err)
+		return err
 	}
-	defer orig.Close()
+	runtime.LockOSThread()
 	if err := unix.Setns(int(n.f.Fd()), unix.CLONE_NEWNET); err != nil {
 		runtime.UnlockOSThread()
 		return fmt.Errorf("inpod: enter netns: %w", err)
@@ -129,21 +140,124 @@ func (n *NetNS) Listen(ctx context.Context, addr string, o SocketOpts) (net.List
 
 // Dial connects from inside the namespace. A valid src binds the local
 // address (with Transparent, a non-local one such as the original client).
+//
+// Only the socket is created inside the namespace (a socket keeps the
+// namespace it was created in); the connect runs outside, through the
+// netpoller, so no OS thread stays locked while it completes.
 func (n *NetNS) Dial(ctx context.Context, src netip.Addr, dst netip.AddrPort, o SocketOpts) (net.Conn, error) {
-	var c net.Conn
-	err := n.Do(func() error {
-		d := net.Dialer{Control: o.control}
-		if src.IsValid() {
-			d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
-		}
-		var err error
-		c, err = d.DialContext(ctx, "tcp", dst.String())
-		return err
-	})
+	c, err := n.dial(ctx, src, dst, o)
 	if err != nil {
 		return nil, fmt.Errorf("inpod: dial %s in pod netns: %w", dst, err)
 	}
 	return c, nil
+}
+
+func (n *NetNS) dial(ctx context.Context, src netip.Addr, dst netip.AddrPort, o SocketOpts) (net.Conn, error) {
+	family := unix.AF_INET
+	if dst.Addr().Is6() && !dst.Addr().Is4In6() {
+		family = unix.AF_INET6
+	}
+	var fd int
+	err := n.Do(func() error {
+		var err error
+		fd, err = unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("socket: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "tcp")
+	defer f.Close() // net.FileConn below keeps its own duplicate
+	if err := setSockopts(fd, family, o); err != nil {
+		return nil, err
+	}
+	if src.IsValid() {
+		if err := unix.Bind(fd, sockaddr(netip.AddrPortFrom(src, 0), family)); err != nil {
+			return nil, fmt.Errorf("bind %s: %w", src, err)
+		}
+	}
+	if err := unix.Connect(fd, sockaddr(dst, family)); err != nil && err != unix.EINPROGRESS {
+		return nil, fmt.Errorf("connect: %w", err)
+	}
+	fc, err := net.FileConn(f)
+	if err != nil {
+		return nil, err
+	}
+	c := fc.(*net.TCPConn)
+	if err := waitConnected(ctx, c); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// waitConnected waits until a non-blocking connect finishes (the socket
+// becomes writable) and reports its outcome.
+func waitConnected(ctx context.Context, c *net.TCPConn) error {
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetWriteDeadline(dl)
+		defer c.SetWriteDeadline(time.Time{})
+	}
+	stop := context.AfterFunc(ctx, func() { c.SetWriteDeadline(time.Unix(1, 0)) })
+	defer stop()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var soErr error
+	werr := rc.Write(func(fd uintptr) bool {
+		// Check the real state on every call: the poller may have seen
+		// the connect complete before this wait began.
+		if _, err := unix.Getpeername(int(fd)); err == nil {
+			return true
+		}
+		e, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR)
+		switch {
+		case err != nil:
+			soErr = err
+		case e != 0:
+			soErr = syscall.Errno(e)
+		default:
+			return false // still connecting: wait for writability
+		}
+		return true
+	})
+	if werr != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("connect: %w", ctx.Err())
+		}
+		return fmt.Errorf("connect: %w", werr)
+	}
+	if soErr != nil {
+		return fmt.Errorf("connect: %w", soErr)
+	}
+	c.SetNoDelay(true)
+	return nil
+}
+
+func setSockopts(fd, family int, o SocketOpts) error {
+	if o.Mark != 0 {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, int(o.Mark)); err != nil {
+			return fmt.Errorf("SO_MARK: %w", err)
+		}
+	}
+	if o.Transparent {
+		level, opt := unix.SOL_IP, unix.IP_TRANSPARENT
+		if family == unix.AF_INET6 {
+			level, opt = unix.SOL_IPV6, unix.IPV6_TRANSPARENT
+		}
+		if err := unix.SetsockoptInt(fd, level, opt, 1); err != nil {
+			return fmt.Errorf("IP_TRANSPARENT: %w", err)
+		}
+	}
+	return nil
+}
+
+func sockaddr(ap netip.AddrPort, family int) unix.Sockaddr {
+	if family == unix.AF_INET6 {
+		return &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+	}
+	return &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().Unmap().As4()}
 }
 
 // OriginalDst returns the destination a redirected connection was
