@@ -20,6 +20,7 @@
 package h2
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -55,6 +56,7 @@ const (
 	minChunk                    = 16 << 10
 	defaultHeaderTableSize      = 4096
 	goAwayWriteTimeout          = time.Second
+	writeBufferSize             = 32 << 10
 	maxPendingControlFrames     = 10000
 	initialSettingsAckTolerance = 0
 )
@@ -131,6 +133,7 @@ type Conn struct {
 	// wmu serializes frame writes, the hpack encoder and (client) the
 	// order of new stream ids on the wire. Lock order: wmu before mu.
 	wmu             sync.Mutex
+	bw              *bufio.Writer // under the Framer; flushed before wmu is released
 	henc            *hpack.Encoder
 	hbuf            bytes.Buffer
 	peerHeaderTable atomic.Uint32 // peer's SETTINGS_HEADER_TABLE_SIZE, applied under wmu
@@ -199,11 +202,11 @@ func NewClientConn(nc net.Conn, cfg Config) (*Conn, error) {
 		{ID: http2.SettingMaxHeaderListSize, Val: c.cfg.MaxHeaderListSize},
 	}
 	c.wmu.Lock()
-	_, err := io.WriteString(nc, clientPreface)
+	_, err := io.WriteString(c.bw, clientPreface)
 	if err == nil {
 		err = c.writeSettingsLocked(settings)
 	}
-	c.wmu.Unlock()
+	err = errors.Join(err, c.unlockWrite())
 	if err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("h2: client preface: %w", err)
@@ -239,7 +242,7 @@ func NewServerConn(nc net.Conn, cfg Config) (*Conn, error) {
 	}
 	c.wmu.Lock()
 	err := c.writeSettingsLocked(settings)
-	c.wmu.Unlock()
+	err = errors.Join(err, c.unlockWrite())
 	if err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("h2: server settings: %w", err)
@@ -272,7 +275,10 @@ func newConn(nc net.Conn, cfg Config, isClient bool) *Conn {
 	c.peerMaxFrame.Store(16384)
 	c.peerMaxHeaders.Store(0) // 0 = no limit announced
 	c.peerHeaderTable.Store(defaultHeaderTableSize)
-	c.fr = http2.NewFramer(nc, nc)
+	// Frames written in one wmu section (control frames, then headers or
+	// data) leave in one TLS record and one syscall.
+	c.bw = bufio.NewWriterSize(nc, writeBufferSize)
+	c.fr = http2.NewFramer(c.bw, nc)
 	c.fr.SetMaxReadFrameSize(cfg.MaxFrameSize)
 	c.fr.ReadMetaHeaders = hpack.NewDecoder(defaultHeaderTableSize, nil)
 	c.fr.MaxHeaderListSize = cfg.MaxHeaderListSize
@@ -290,6 +296,16 @@ func (c *Conn) writeSettingsLocked(settings []http2.Setting) error {
 		return c.fr.WriteWindowUpdate(0, inc)
 	}
 	return nil
+}
+
+// unlockWrite flushes what the section wrote and releases wmu.
+func (c *Conn) unlockWrite() error {
+	var err error
+	if c.bw.Buffered() > 0 {
+		err = c.bw.Flush()
+	}
+	c.wmu.Unlock()
+	return err
 }
 
 func (c *Conn) start() {
@@ -379,7 +395,6 @@ func (c *Conn) OpenStream(fields []hpack.HeaderField) (*Stream, error) {
 		return nil, errors.New("h2: OpenStream on a server connection")
 	}
 	c.wmu.Lock()
-	defer c.wmu.Unlock()
 	c.mu.Lock()
 	if c.reserved > 0 {
 		c.reserved--
@@ -387,6 +402,7 @@ func (c *Conn) OpenStream(fields []hpack.HeaderField) (*Stream, error) {
 	if err := c.openErrLocked(); err != nil {
 		c.touchIdleLocked()
 		c.mu.Unlock()
+		c.wmu.Unlock()
 		return nil, err
 	}
 	id := c.nextStreamID
@@ -400,6 +416,7 @@ func (c *Conn) OpenStream(fields []hpack.HeaderField) (*Stream, error) {
 	if err == nil {
 		err = c.writeHeadersLocked(id, block, false)
 	}
+	err = errors.Join(err, c.unlockWrite())
 	if err != nil {
 		c.closeWithError(fmt.Errorf("h2: write headers: %w", err))
 		return nil, err
@@ -475,9 +492,11 @@ func (c *Conn) writeHeadersLocked(id uint32, block []byte, endStream bool) error
 // window for it) and any pending control frames first.
 func (c *Conn) writeData(id uint32, p []byte, endStream bool) error {
 	c.wmu.Lock()
-	c.writeCtlLocked()
-	err := c.fr.WriteData(id, endStream, p)
-	c.wmu.Unlock()
+	err := c.writeCtlLocked()
+	if err == nil {
+		err = c.fr.WriteData(id, endStream, p)
+	}
+	err = errors.Join(err, c.unlockWrite())
 	if err != nil {
 		err = fmt.Errorf("h2: write data: %w", err)
 		c.closeWithError(err)
@@ -516,7 +535,7 @@ func (c *Conn) ctlLoop() {
 		}
 		c.wmu.Lock()
 		err := c.writeCtlLocked()
-		c.wmu.Unlock()
+		err = errors.Join(err, c.unlockWrite())
 		if err != nil {
 			c.closeWithError(fmt.Errorf("h2: write control frame: %w", err))
 			return
@@ -970,7 +989,7 @@ func (c *Conn) Shutdown(ctx context.Context) error {
 	// Let the control writer flush the GOAWAY before the socket goes.
 	c.wmu.Lock()
 	c.writeCtlLocked()
-	c.wmu.Unlock()
+	c.unlockWrite()
 	c.closeWithError(ErrConnClosed)
 	return err
 }
@@ -992,7 +1011,7 @@ func (c *Conn) tryGoAway(code http2.ErrCode, reason string) {
 	if !c.wmu.TryLock() {
 		return
 	}
-	defer c.wmu.Unlock()
+	defer c.unlockWrite()
 	c.mu.Lock()
 	last := c.lastPeerID
 	c.mu.Unlock()

@@ -2,6 +2,7 @@ package h2
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -141,7 +142,7 @@ func (s *Stream) WriteResponse(status int, fields []hpack.HeaderField, endStream
 	if err == nil {
 		err = c.writeHeadersLocked(s.id, block, endStream)
 	}
-	c.wmu.Unlock()
+	err = errors.Join(err, c.unlockWrite())
 	if err != nil {
 		c.closeWithError(fmt.Errorf("h2: write response: %w", err))
 		return err
