@@ -1,0 +1,392 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/strait-mesh/strait/internal/meshtest"
+	"github.com/strait-mesh/strait/ztunnel/inpod"
+)
+
+// nsPrefix starts every namespace this harness makes; the rest of the
+// prefix is "d" or "m" (direct, mesh) and the harness's pid, so a later
+// run can find and remove what a killed run left behind.
+const nsPrefix = "snb"
+
+// tmpPrefix starts the temporary directory, followed by the pid.
+const tmpPrefix = "strait-bench-netns-"
+
+var staleTmp = regexp.MustCompile(`^` + tmpPrefix + `([0-9]+)-[0-9]+$`)
+
+var staleNS = regexp.MustCompile(`^` + nsPrefix + `[dm]([0-9]+)(sw|n[0-9]+|p[0-9]+)$`)
+
+// spec is the same for both systems: node-a with the client pod, node-b
+// with the server pod.
+var spec = meshtest.Spec{
+	Nodes: []string{"node-a", "node-b"},
+	Pods: []meshtest.PodSpec{
+		{Name: "client", Namespace: "bench", ServiceAccount: "client", Node: "node-a"},
+		{Name: "server", Namespace: "bench", ServiceAccount: "server", Node: "node-b"},
+	},
+}
+
+// proc is a child process (always started through `ip netns exec`, which
+// execs, so cmd.Process.Pid is the program itself).
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	log  *os.File
+	done chan struct{}
+	err  error
+}
+
+func (p *proc) pid() int { return p.cmd.Process.Pid }
+
+func (p *proc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// env owns everything the run creates; close removes it, in reverse.
+type env struct {
+	dir   string
+	self  string
+	mu    sync.Mutex
+	procs []*proc
+	topos []*meshtest.Topology
+	agnts []*meshtest.Agent
+}
+
+func newEnv() (*env, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", fmt.Sprintf("%s%d-", tmpPrefix, os.Getpid()))
+	if err != nil {
+		return nil, err
+	}
+	return &env{dir: dir, self: self}, nil
+}
+
+// close kills the children, stops the agents, deletes the namespaces and
+// the temporary directory. Safe to call twice.
+func (e *env) close() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var errs []error
+	for i := len(e.procs) - 1; i >= 0; i-- {
+		p := e.procs[i]
+		if !p.exited() {
+			p.cmd.Process.Signal(syscall.SIGKILL)
+			select {
+			case <-p.done:
+			case <-time.After(5 * time.Second):
+				errs = append(errs, fmt.Errorf("%s (pid %d) did not die", p.name, p.pid()))
+			}
+		}
+		p.log.Close()
+	}
+	e.procs = nil
+	for _, a := range e.agnts {
+		a.Close()
+	}
+	e.agnts = nil
+	for i := len(e.topos) - 1; i >= 0; i-- {
+		if err := e.topos[i].Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	e.topos = nil
+	if e.dir != "" {
+		os.RemoveAll(e.dir)
+		e.dir = ""
+	}
+	return errors.Join(errs...)
+}
+
+// start runs args inside namespace ns, its output going to a log file.
+func (e *env) start(name, ns string, stdin io.Reader, stdout io.Writer, args ...string) (*proc, error) {
+	lf, err := os.Create(filepath.Join(e.dir, name+".log"))
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...)
+	cmd.Dir = e.dir
+	cmd.Stdin = stdin
+	cmd.Stdout, cmd.Stderr = lf, lf
+	if stdout != nil {
+		cmd.Stdout = stdout
+	}
+	// Children die with the harness, even on SIGKILL.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.dir == "" {
+		lf.Close()
+		return nil, errors.New("harness is shutting down")
+	}
+	if err := cmd.Start(); err != nil {
+		lf.Close()
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	p := &proc{name: name, cmd: cmd, log: lf, done: make(chan struct{})}
+	go func() { p.err = cmd.Wait(); close(p.done) }()
+	e.procs = append(e.procs, p)
+	return p, nil
+}
+
+// build makes one topology. Both systems get the same shape and the same
+// pod sysctls: a wide ephemeral port range and tcp_tw_reuse, so the
+// connection-rate loop never runs out of ports.
+func (e *env) build(system string) (*meshtest.Topology, error) {
+	t, err := meshtest.Build(fmt.Sprintf("%s%c%d", nsPrefix, system[0], os.Getpid()), spec)
+	if t != nil || err == nil {
+		e.mu.Lock()
+		e.topos = append(e.topos, t)
+		e.mu.Unlock()
+	}
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range t.Pods {
+		for _, kv := range [][2]string{
+			{"net.ipv4.ip_local_port_range", "1024 65000"},
+			{"net.ipv4.tcp_tw_reuse", "1"},
+		} {
+			if out, err := exec.Command("ip", "netns", "exec", p.NS, "sysctl", "-q", "-w", kv[0]+"="+kv[1]).CombinedOutput(); err != nil {
+				return nil, fmt.Errorf("sysctl %s in %s: %w: %s", kv[0], p.NS, err, out)
+			}
+		}
+	}
+	return t, nil
+}
+
+// ztunnel is one node's proxy.
+type ztunnel struct {
+	node *meshtest.Node
+	p    *proc
+}
+
+// startMesh runs a ztunnel per node of t, plays the node agent and
+// enrolls every pod (HBONE between the nodes).
+func (e *env) startMesh(ctx context.Context, t *meshtest.Topology, bin, logLevel string) ([]*ztunnel, error) {
+	cfg := filepath.Join(e.dir, "workloads.yaml")
+	if err := os.WriteFile(cfg, t.WorkloadsYAML(nil, ""), 0o644); err != nil {
+		return nil, err
+	}
+	var zts []*ztunnel
+	for _, n := range t.Nodes {
+		sock := filepath.Join(e.dir, n.Name+".sock")
+		agent, err := meshtest.StartAgent(sock)
+		if err != nil {
+			return nil, err
+		}
+		e.mu.Lock()
+		e.agnts = append(e.agnts, agent)
+		e.mu.Unlock()
+		p, err := e.start("ztunnel-"+n.Name, n.NS, nil, nil, bin,
+			"-config", cfg, "-node", n.Name, "-ca-dir", filepath.Join(e.dir, "ca"), "-zds-socket", sock,
+			"-admin-addr", "127.0.0.1:15000", "-ready-addr", "127.0.0.1:15021", "-metrics-addr", "127.0.0.1:15020",
+			"-drain-grace", "2s", "-log-level", logLevel)
+		if err != nil {
+			return nil, err
+		}
+		wctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		err = agent.WaitProxy(wctx)
+		if err == nil {
+			for _, pod := range t.Pods {
+				if pod.Node == n {
+					if err = agent.Enroll(wctx, pod); err != nil {
+						break
+					}
+				}
+			}
+		}
+		if err == nil {
+			err = agent.SnapshotSent(wctx)
+		}
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("ztunnel on %s: %w (log: %s)", n.Name, err, tail(p.log.Name()))
+		}
+		if c := procComm(p.pid()); c != filepath.Base(bin)[:min(15, len(filepath.Base(bin)))] {
+			return nil, fmt.Errorf("ztunnel on %s: pid %d is %q, not the proxy (ip netns exec forked?)", n.Name, p.pid(), c)
+		}
+		zts = append(zts, &ztunnel{node: n, p: p})
+	}
+	for _, z := range zts {
+		if err := waitReady(ctx, z.node); err != nil {
+			return nil, fmt.Errorf("ztunnel on %s not ready: %w (log: %s)", z.node.Name, err, tail(z.p.log.Name()))
+		}
+	}
+	return zts, nil
+}
+
+func tail(path string) string {
+	b, _ := os.ReadFile(path)
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) > 5 {
+		lines = lines[len(lines)-5:]
+	}
+	return strings.Join(lines, " | ")
+}
+
+// dialIn dials from inside a namespace (setns on a locked thread).
+func dialIn(ctx context.Context, ns, addr string) (net.Conn, error) {
+	h, err := inpod.OpenNetNS("/var/run/netns/" + ns)
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	return h.Dial(ctx, netip.Addr{}, ap, inpod.SocketOpts{})
+}
+
+// nsGet is an HTTP GET from inside namespace ns.
+func nsGet(ctx context.Context, ns, addr, path string, timeout time.Duration) ([]byte, int, error) {
+	tr := &http.Transport{DialContext: func(ctx context.Context, _, a string) (net.Conn, error) {
+		return dialIn(ctx, ns, a)
+	}}
+	defer tr.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+path, nil)
+	if err != nil {
+		return nil, 0, err
+	}
+	resp, err := (&http.Client{Transport: tr, Timeout: timeout}).Do(req)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return b, resp.StatusCode, err
+}
+
+func waitReady(ctx context.Context, n *meshtest.Node) error {
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		body, code, err := nsGet(ctx, n.NS, "127.0.0.1:15021", "/healthz/ready", 2*time.Second)
+		if err == nil && code == http.StatusOK {
+			return nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			if err == nil {
+				err = fmt.Errorf("%d %s", code, bytes.TrimSpace(body))
+			}
+			return err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// waitTCP waits until addr accepts connections from inside ns.
+func waitTCP(ctx context.Context, ns, addr string) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := dialIn(ctx, ns, addr)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// sweepStale deletes namespaces left by a harness run that no longer
+// exists (killed with SIGKILL, so it could not clean up).
+func sweepStale() []string {
+	out, err := exec.Command("ip", "netns", "list").Output()
+	if err != nil {
+		return nil
+	}
+	var removed []string
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		m := staleNS.FindStringSubmatch(f[0])
+		if m == nil {
+			continue
+		}
+		pid, _ := strconv.Atoi(m[1])
+		if pid == os.Getpid() || alive(pid) {
+			continue // its harness still runs
+		}
+		if exec.Command("ip", "netns", "del", f[0]).Run() == nil {
+			removed = append(removed, f[0])
+		}
+	}
+	return removed
+}
+
+// alive reports whether pid runs (a zombie, killed but not reaped, does
+// not count).
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(b, ')')
+	return i < 0 || i+2 >= len(b) || b[i+2] != 'Z'
+}
+
+// sweepStaleTmp removes the temporary directories of dead runs.
+func sweepStaleTmp() []string {
+	ents, _ := os.ReadDir(os.TempDir())
+	var removed []string
+	for _, e := range ents {
+		m := staleTmp.FindStringSubmatch(e.Name())
+		if m == nil || !e.IsDir() {
+			continue
+		}
+		if pid, _ := strconv.Atoi(m[1]); alive(pid) {
+			continue
+		}
+		if os.RemoveAll(filepath.Join(os.TempDir(), e.Name())) == nil {
+			removed = append(removed, e.Name())
+		}
+	}
+	return removed
+}
+
+// ourNamespaces lists the namespaces of this run still present.
+func ourNamespaces() []string {
+	out, _ := exec.Command("ip", "netns", "list").Output()
+	var left []string
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		if m := staleNS.FindStringSubmatch(f[0]); m != nil && m[1] == strconv.Itoa(os.Getpid()) {
+			left = append(left, f[0])
+		}
+	}
+	return left
+}

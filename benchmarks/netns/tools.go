@@ -1,0 +1,184 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+)
+
+// fortioVersion is pinned: newer module versions are not fetchable here
+// (the proxy answers 403 for "latest").
+const fortioVersion = "1.68.2"
+
+// ensureFortio finds fortio at the pinned version (the given path, the
+// GOPATH bin directory, then PATH) or installs it with `go install` into
+// the GOPATH bin directory. It never touches go.mod.
+func ensureFortio(ctx context.Context, given string, log func(string, ...any)) (string, error) {
+	gobin := ""
+	if out, err := exec.CommandContext(ctx, "go", "env", "GOBIN", "GOPATH").Output(); err == nil {
+		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+		if len(lines) == 2 {
+			gobin = lines[0]
+			if gobin == "" {
+				gobin = filepath.Join(strings.Split(lines[1], string(os.PathListSeparator))[0], "bin")
+			}
+		}
+	}
+	var candidates []string
+	if given != "" {
+		candidates = append(candidates, given)
+	}
+	if gobin != "" {
+		candidates = append(candidates, filepath.Join(gobin, "fortio"))
+	}
+	if p, err := exec.LookPath("fortio"); err == nil {
+		candidates = append(candidates, p)
+	}
+	for _, c := range candidates {
+		if v, err := exec.CommandContext(ctx, c, "version").Output(); err == nil && strings.TrimSpace(string(v)) == fortioVersion {
+			return c, nil
+		}
+	}
+	if given != "" {
+		return "", fmt.Errorf("fortio %s: %s is missing or another version", fortioVersion, given)
+	}
+	if gobin == "" {
+		return "", errors.New("fortio missing and `go env GOPATH` failed")
+	}
+	log("installing fortio %s with go install (into %s)", fortioVersion, gobin)
+	cmd := exec.CommandContext(ctx, "go", "install", "fortio.org/fortio@v"+fortioVersion)
+	cmd.Dir = os.TempDir() // outside any module: go.mod is never consulted or changed
+	cmd.Env = append(os.Environ(), "GOBIN="+gobin, "GOFLAGS=")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go install fortio.org/fortio@v%s: %w: %s", fortioVersion, err, bytes.TrimSpace(out))
+	}
+	p := filepath.Join(gobin, "fortio")
+	if v, err := exec.CommandContext(ctx, p, "version").Output(); err != nil || strings.TrimSpace(string(v)) != fortioVersion {
+		return "", fmt.Errorf("fortio installed at %s but `fortio version` says %q (%v)", p, bytes.TrimSpace(v), err)
+	}
+	return p, nil
+}
+
+// ensureIperf3 finds iperf3 or installs the Debian package.
+func ensureIperf3(ctx context.Context, log func(string, ...any)) (string, error) {
+	if p, err := exec.LookPath("iperf3"); err == nil {
+		return p, nil
+	}
+	log("installing iperf3 with apt-get")
+	inst := func() error {
+		cmd := exec.CommandContext(ctx, "apt-get", "install", "-y", "--no-install-recommends", "iperf3")
+		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("apt-get install iperf3: %w: %s", err, lastLines(out, 3))
+		}
+		return nil
+	}
+	if err := inst(); err != nil {
+		if out, uerr := exec.CommandContext(ctx, "apt-get", "update").CombinedOutput(); uerr != nil {
+			return "", fmt.Errorf("%v; apt-get update: %v: %s", err, uerr, lastLines(out, 3))
+		}
+		if err := inst(); err != nil {
+			return "", err
+		}
+	}
+	return exec.LookPath("iperf3")
+}
+
+func lastLines(b []byte, n int) string {
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, " | ")
+}
+
+func toolVersion(ctx context.Context, name string, args ...string) string {
+	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+	if err != nil {
+		return "unknown"
+	}
+	return strings.SplitN(strings.TrimSpace(string(out)), "\n", 2)[0]
+}
+
+// fortioResult is the part of `fortio load -json` the harness reads.
+type fortioResult struct {
+	ActualQPS         float64
+	ActualDuration    int64 // ns
+	RequestedQPS      string
+	NumThreads        int
+	RetCodes          map[string]int64
+	DurationHistogram struct {
+		Count       int64
+		Avg         float64
+		Max         float64
+		Percentiles []struct {
+			Percentile float64
+			Value      float64 // seconds
+		}
+	}
+}
+
+func parseFortio(b []byte) (*fortioResult, error) {
+	var r fortioResult
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("fortio json: %w", err)
+	}
+	if r.DurationHistogram.Count == 0 {
+		return nil, errors.New("fortio json: no requests")
+	}
+	return &r, nil
+}
+
+// percentileMS returns percentile p in milliseconds.
+func (r *fortioResult) percentileMS(p float64) (float64, bool) {
+	for _, x := range r.DurationHistogram.Percentiles {
+		if x.Percentile == p {
+			return x.Value * 1000, true
+		}
+	}
+	return 0, false
+}
+
+func (r *fortioResult) ok() int64 { return r.RetCodes["200"] }
+
+// iperfResult is the part of `iperf3 -J` the harness reads.
+type iperfResult struct {
+	Error string `json:"error"`
+	End   struct {
+		SumSent struct {
+			Bytes         float64 `json:"bytes"`
+			BitsPerSecond float64 `json:"bits_per_second"`
+			Retransmits   int64   `json:"retransmits"`
+		} `json:"sum_sent"`
+		SumReceived struct {
+			Bytes         float64 `json:"bytes"`
+			Seconds       float64 `json:"seconds"`
+			BitsPerSecond float64 `json:"bits_per_second"`
+		} `json:"sum_received"`
+		CPU struct {
+			HostTotal   float64 `json:"host_total"`
+			RemoteTotal float64 `json:"remote_total"`
+		} `json:"cpu_utilization_percent"`
+	} `json:"end"`
+}
+
+func parseIperf(b []byte) (*iperfResult, error) {
+	var r iperfResult
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("iperf3 json: %w", err)
+	}
+	if r.Error != "" {
+		return nil, fmt.Errorf("iperf3: %s", r.Error)
+	}
+	if r.End.SumReceived.BitsPerSecond == 0 {
+		return nil, errors.New("iperf3 json: nothing received")
+	}
+	return &r, nil
+}

@@ -1,0 +1,238 @@
+package main
+
+// The small programs the harness runs inside the pods, as
+// `ip netns exec <pod> <this binary> worker <name> ...`, so that each one
+// is a separate process living entirely in its pod's namespace.
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+func runWorker(args []string) error {
+	if len(args) == 0 {
+		return errors.New("worker: name missing")
+	}
+	switch args[0] {
+	case "echo-server":
+		return workerEcho(args[1:])
+	case "connrate":
+		return workerConnRate(args[1:])
+	case "hold":
+		return workerHold(args[1:])
+	}
+	return fmt.Errorf("worker: unknown %q", args[0])
+}
+
+// workerEcho echoes every byte back until the peer closes, then closes
+// with SO_LINGER 0: the RST leaves no TIME_WAIT on either side, also when
+// the peer is a ztunnel that half-closed first.
+func workerEcho(args []string) error {
+	fs := flag.NewFlagSet("echo-server", flag.ContinueOnError)
+	addr := fs.String("addr", ":9000", "listen address")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", *addr)
+	if err != nil {
+		return err
+	}
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			if strings.Contains(err.Error(), "too many open files") {
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			return err
+		}
+		go func() {
+			buf := make([]byte, 512)
+			for {
+				n, err := c.Read(buf)
+				if n > 0 {
+					if _, werr := c.Write(buf[:n]); werr != nil {
+						break
+					}
+				}
+				if err != nil {
+					break
+				}
+			}
+			if tc, ok := c.(*net.TCPConn); ok {
+				tc.SetLinger(0)
+			}
+			c.Close()
+		}()
+	}
+}
+
+// connRateResult is what workerConnRate prints (JSON, one line).
+type connRateResult struct {
+	Conns      int64   `json:"conns"`
+	Errors     int64   `json:"errors"`
+	Seconds    float64 `json:"seconds"`
+	FirstError string  `json:"first_error,omitempty"`
+}
+
+// workerConnRate opens a new TCP connection per request: connect, write
+// one byte, read the echo, close with SO_LINGER 0 (RST, no TIME_WAIT), with
+// -workers parallel loops for -d.
+func workerConnRate(args []string) error {
+	fs := flag.NewFlagSet("connrate", flag.ContinueOnError)
+	addr := fs.String("addr", "", "server address")
+	workers := fs.Int("workers", 32, "parallel loops")
+	d := fs.Duration("d", 5*time.Second, "duration")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var conns, errs atomic.Int64
+	var firstErr atomic.Value
+	start := time.Now()
+	deadline := start.Add(*d)
+	var wg sync.WaitGroup
+	for range *workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var b [1]byte
+			dialer := net.Dialer{Timeout: 3 * time.Second}
+			for time.Now().Before(deadline) {
+				if err := oneConn(&dialer, *addr, b[:]); err != nil {
+					errs.Add(1)
+					firstErr.CompareAndSwap(nil, err.Error())
+					time.Sleep(time.Millisecond)
+					continue
+				}
+				conns.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	r := connRateResult{Conns: conns.Load(), Errors: errs.Load(), Seconds: time.Since(start).Seconds()}
+	if s, ok := firstErr.Load().(string); ok {
+		r.FirstError = s
+	}
+	return json.NewEncoder(os.Stdout).Encode(r)
+}
+
+func oneConn(d *net.Dialer, addr string, b []byte) error {
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		return err
+	}
+	tc := c.(*net.TCPConn)
+	defer func() {
+		tc.SetLinger(0)
+		tc.Close()
+	}()
+	tc.SetDeadline(time.Now().Add(3 * time.Second))
+	b[0] = 'x'
+	if _, err := tc.Write(b); err != nil {
+		return err
+	}
+	if _, err := io.ReadFull(tc, b); err != nil {
+		return err
+	}
+	return nil
+}
+
+// workerHold opens idle connections on command and keeps them open. It
+// reads lines from stdin: "open N" opens N more (each checked end to end
+// with a one-byte echo) and answers "ok TOTAL" or "err TOTAL msg"; EOF or
+// "close" closes them all and exits.
+func workerHold(args []string) error {
+	fs := flag.NewFlagSet("hold", flag.ContinueOnError)
+	addr := fs.String("addr", "", "server address")
+	par := fs.Int("parallel", 16, "parallel dials")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var held []net.Conn
+	defer func() {
+		for _, c := range held {
+			c.(*net.TCPConn).SetLinger(0)
+			c.Close()
+		}
+	}()
+	sc := bufio.NewScanner(os.Stdin)
+	for sc.Scan() {
+		cmd, arg, _ := strings.Cut(strings.TrimSpace(sc.Text()), " ")
+		switch cmd {
+		case "close":
+			return nil
+		case "open":
+			n, err := strconv.Atoi(arg)
+			if err != nil {
+				return err
+			}
+			got, err := openIdle(*addr, n, *par)
+			held = append(held, got...)
+			if err != nil {
+				fmt.Printf("err %d %v\n", len(held), err)
+				continue
+			}
+			fmt.Printf("ok %d\n", len(held))
+		default:
+			return fmt.Errorf("hold: unknown command %q", cmd)
+		}
+	}
+	return sc.Err()
+}
+
+func openIdle(addr string, n, par int) ([]net.Conn, error) {
+	var (
+		mu    sync.Mutex
+		conns []net.Conn
+		first error
+		next  atomic.Int64
+		wg    sync.WaitGroup
+	)
+	for range par {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var b [1]byte
+			for next.Add(1) <= int64(n) {
+				c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+				if err == nil {
+					c.SetDeadline(time.Now().Add(5 * time.Second))
+					b[0] = 'h'
+					if _, err = c.Write(b[:]); err == nil {
+						_, err = io.ReadFull(c, b[:])
+					}
+					c.SetDeadline(time.Time{})
+					if err != nil {
+						c.Close()
+					}
+				}
+				mu.Lock()
+				if err != nil {
+					if first == nil {
+						first = err
+					}
+				} else {
+					conns = append(conns, c)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return conns, first
+}
