@@ -345,10 +345,19 @@ type connMeta struct {
 func (s *Server) serveStream(st *h2.Stream, meta *connMeta) {
 	start := time.Now()
 	res := StreamResult{}
-	defer func() {
+	admitted, handedOff := false, false
+	finish := func(res StreamResult) {
+		if admitted {
+			s.active.Add(-1)
+		}
 		if s.cfg.OnStreamDone != nil {
 			res.Duration = time.Since(start)
 			s.cfg.OnStreamDone(res)
+		}
+	}
+	defer func() {
+		if !handedOff {
+			finish(res)
 		}
 	}()
 	refuse := func(status int, reason string, err error) {
@@ -365,7 +374,7 @@ func (s *Server) serveStream(st *h2.Stream, meta *connMeta) {
 		refuse(http.StatusServiceUnavailable, "stream limit", ErrOverloaded)
 		return
 	}
-	defer s.active.Add(-1)
+	admitted = true
 
 	req, reason, err := parseRequest(st, meta, s.cfg.SkipAuthorityCheck)
 	res.Request = req
@@ -399,11 +408,16 @@ func (s *Server) serveStream(st *h2.Stream, meta *connMeta) {
 		return
 	}
 	res.Status = http.StatusOK
-	r := relay.Bidirectional(st, upstream)
-	res.Received, res.Sent, res.Err = r.AToB, r.BToA, r.Err
-	if r.Err != nil {
-		s.log.Debug("hbone: tunnel ended with error", zap.String("authority", req.Authority.Host), zap.Error(r.Err))
-	}
+	// The tunnel lives on fresh goroutines; this one (deep stack from the
+	// handshake of the request and the dial) exits now.
+	handedOff = true
+	relay.Start(st, upstream, func(r relay.Result) {
+		res.Received, res.Sent, res.Err = r.AToB, r.BToA, r.Err
+		if r.Err != nil {
+			s.log.Debug("hbone: tunnel ended with error", zap.String("authority", req.Authority.Host), zap.Error(r.Err))
+		}
+		finish(res)
+	})
 }
 
 // parseRequest validates a CONNECT and builds the InboundRequest.

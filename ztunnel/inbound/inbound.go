@@ -247,13 +247,13 @@ func (in *Inbound) plaintext(ctx context.Context, c net.Conn, w *store.Workload)
 		netaddr.ResetClose(c)
 		return
 	}
-	defer in.release(w)
 	var src netip.Addr
 	if in.cfg.PreserveSourceIP {
 		src = client.Addr()
 	}
 	up, err := in.cfg.Dial(ctx, w, src, dst)
 	if err != nil {
+		in.release(w)
 		in.fail(ReasonDial, err, from)
 		netaddr.ResetClose(c)
 		return
@@ -263,13 +263,15 @@ func (in *Inbound) plaintext(ctx context.Context, c net.Conn, w *store.Workload)
 		rec = in.cfg.Metrics.ConnOpened(labels(snap, "", client.Addr(), w, "none"))
 		in.cfg.Metrics.ActiveConn("inbound", 1)
 	}
-	res := relay.Bidirectional(c, up)
-	if rec != nil {
-		rec.AddReceived(res.AToB)
-		rec.AddSent(res.BToA)
-		rec.Close()
-		in.cfg.Metrics.ActiveConn("inbound", -1)
-	}
+	relay.Start(c, up, func(res relay.Result) {
+		in.release(w)
+		if rec != nil {
+			rec.AddReceived(res.AToB)
+			rec.AddSent(res.BToA)
+			rec.Close()
+			in.cfg.Metrics.ActiveConn("inbound", -1)
+		}
+	})
 }
 
 func labels(snap *store.Snapshot, principal string, src netip.Addr, dst *store.Workload, security string) metrics.Labels {

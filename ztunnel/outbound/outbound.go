@@ -171,7 +171,12 @@ func (o *Outbound) handle(ctx context.Context, c net.Conn, src *store.Workload) 
 		netaddr.ResetClose(c)
 		return
 	}
-	defer o.active.Add(-1)
+	handedOff := false
+	defer func() {
+		if !handedOff {
+			o.active.Add(-1)
+		}
+	}()
 	dst, err := o.cfg.OrigDst(c)
 	if err != nil {
 		o.fail(ReasonOrigDst, err)
@@ -205,16 +210,21 @@ func (o *Outbound) handle(ctx context.Context, c net.Conn, src *store.Workload) 
 		rec = o.cfg.Metrics.ConnOpened(o.labels(src, t, security))
 		o.cfg.Metrics.ActiveConn("outbound", 1)
 	}
-	res := relay.Bidirectional(c, up)
-	if rec != nil {
-		rec.AddSent(res.AToB)
-		rec.AddReceived(res.BToA)
-		rec.Close()
-		o.cfg.Metrics.ActiveConn("outbound", -1)
-	}
-	if res.Err != nil {
-		o.log.Debug("outbound: connection ended with error", zap.Stringer("destination", t.Addr), zap.Error(res.Err))
-	}
+	// The connection lives on fresh goroutines; this one (deep stack from
+	// resolving and dialing) exits now.
+	handedOff = true
+	relay.Start(c, up, func(res relay.Result) {
+		o.active.Add(-1)
+		if rec != nil {
+			rec.AddSent(res.AToB)
+			rec.AddReceived(res.BToA)
+			rec.Close()
+			o.cfg.Metrics.ActiveConn("outbound", -1)
+		}
+		if res.Err != nil {
+			o.log.Debug("outbound: connection ended with error", zap.Stringer("destination", t.Addr), zap.Error(res.Err))
+		}
+	})
 }
 
 // dial opens the upstream leg: an HBONE tunnel for enrolled destinations,

@@ -31,40 +31,56 @@ type Result struct {
 
 type closeWriter interface{ CloseWrite() error }
 
-// Bidirectional copies a→b and b→a until both directions end, then closes
-// both connections.
+// Start relays a→b and b→a on two new goroutines and returns at once.
+// When both directions have ended, both connections are closed and done
+// (if not nil) receives the result. Starting fresh goroutines matters for
+// memory: the caller's goroutine, whose stack grew while it dialed and
+// decided, exits instead of living as long as the connection.
+func Start(a, b net.Conn, done func(Result)) {
+	r := &run{a: a, b: b, done: done, pending: 2}
+	go r.half(b, a, &r.res.AToB)
+	go r.half(a, b, &r.res.BToA)
+}
+
+// Bidirectional is Start that waits for the result.
 func Bidirectional(a, b net.Conn) Result {
-	var (
-		wg     sync.WaitGroup
-		res    Result
-		errMu  sync.Mutex
-		closed sync.Once
-	)
-	abort := func(err error) {
-		errMu.Lock()
-		if res.Err == nil {
-			res.Err = err
-		}
-		errMu.Unlock()
-		closed.Do(func() { a.Close(); b.Close() })
-	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		n, err := copyHalf(b, a)
-		res.AToB = n
-		if err != nil {
-			abort(err)
-		}
-	}()
-	n, err := copyHalf(a, b)
-	res.BToA = n
+	ch := make(chan Result, 1)
+	Start(a, b, func(r Result) { ch <- r })
+	return <-ch
+}
+
+type run struct {
+	a, b    net.Conn
+	done    func(Result)
+	mu      sync.Mutex
+	res     Result
+	pending int
+	closed  sync.Once
+}
+
+func (r *run) closeBoth() { r.closed.Do(func() { r.a.Close(); r.b.Close() }) }
+
+// half copies one direction; an error aborts both.
+func (r *run) half(dst, src net.Conn, count *int64) {
+	n, err := copyHalf(dst, src)
 	if err != nil {
-		abort(err)
+		r.closeBoth()
 	}
-	wg.Wait()
-	closed.Do(func() { a.Close(); b.Close() })
-	return res
+	r.mu.Lock()
+	*count = n
+	if err != nil && r.res.Err == nil {
+		r.res.Err = err
+	}
+	r.pending--
+	last := r.pending == 0
+	res := r.res
+	r.mu.Unlock()
+	if last {
+		r.closeBoth()
+		if r.done != nil {
+			r.done(res)
+		}
+	}
 }
 
 // copyHalf copies src to dst and then half-closes dst. A nil error means
