@@ -10,7 +10,7 @@ INTEROP_MODULES := internal/istiointerop
 CMDS := $(shell $(GO) list -f '{{if eq .Name "main"}}{{.ImportPath}}{{end}}' ./... 2>/dev/null)
 TEST_FLAGS ?= -race -shuffle=on -timeout 20m
 
-.PHONY: help demo build test test-unit test-allocs test-interop lint fmt bench-smoke tools clean
+.PHONY: help demo build test test-unit test-allocs test-interop lint fmt bench-smoke bench-netns tools clean
 
 help: ## list targets
 	@grep -hE '^[a-z][a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -44,6 +44,9 @@ fmt: ## gofmt every Go file
 
 bench-smoke: ## every benchmark once (-benchtime=1x) so none rots
 	$(GO) test -run '^$$' -bench . -benchtime=1x ./...
+
+bench-netns: build ## ztunnel vs direct on a two-node netns topology (root, ~3.5 min; see benchmarks/README.md)
+	$(GO) run ./benchmarks/netns -ztunnel $(BIN)/ztunnel -out benchmarks/results/netns.json
 
 tools: ## pinned Go tools
 	@[ -x $(STATICCHECK) ] && $(STATICCHECK) -version | grep -q '$(STATICCHECK_VERSION:v%=%)' || $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
