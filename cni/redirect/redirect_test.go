@@ -77,7 +77,7 @@ func requireBinaries(t *testing.T, names ...string) {
 	t.Helper()
 	for _, n := range names {
 		if _, err := exec.LookPath(n); err != nil {
-			t.Skipf("%s not installed (apt-get install iptables nftables): %v", n, err)
+			t.Fatalf("%s not installed: apt-get install iptables nftables (.ci/run does): %v", n, err)
 		}
 	}
 }

@@ -92,7 +92,7 @@ func TestErrorWrapping(t *testing.T) {
 func TestAutoFallsBackToIPTables(t *testing.T) {
 	for _, bin := range []string{"iptables-save", "iptables-restore"} {
 		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("%s not installed: %v", bin, err)
+			t.Fatalf("%s not installed: apt-get install iptables (.ci/run does): %v", bin, err)
 		}
 	}
 	saved := probeNFTables
