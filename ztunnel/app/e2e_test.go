@@ -109,8 +109,9 @@ func startMeshWith(t *testing.T, mod func(*Config)) *mesh {
 	return m
 }
 
-// serveEcho runs an echo server inside a pod's namespace (the pod's "app").
-func serveEcho(t *testing.T, p *meshtest.Pod, port int) {
+// servePod runs a server inside a pod's namespace (the pod's "app"),
+// calling handle on its own goroutine for each connection.
+func servePod(t *testing.T, p *meshtest.Pod, port int, handle func(net.Conn)) {
 	ns, err := p.OpenNetNS()
 	if err != nil {
 		t.Fatal(err)
@@ -129,35 +130,25 @@ func serveEcho(t *testing.T, p *meshtest.Pod, port int) {
 			}
 			go func() {
 				defer c.Close()
-				io.Copy(c, c)
-				c.(*net.TCPConn).CloseWrite()
+				handle(c)
 			}()
 		}
 	}()
 }
 
+// serveEcho echoes and half-closes after EOF.
+func serveEcho(t *testing.T, p *meshtest.Pod, port int) {
+	servePod(t, p, port, func(c net.Conn) {
+		io.Copy(c, c)
+		c.(*net.TCPConn).CloseWrite()
+	})
+}
+
 // serveWhoAmI answers each connection with the peer address it sees.
 func serveWhoAmI(t *testing.T, p *meshtest.Pod, port int) {
-	ns, err := p.OpenNetNS()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	ln, err := ns.Listen(context.Background(), ":"+strconv.Itoa(port), inpod.SocketOpts{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			fmt.Fprint(c, c.RemoteAddr().(*net.TCPAddr).IP.String())
-			c.Close()
-		}
-	}()
+	servePod(t, p, port, func(c net.Conn) {
+		fmt.Fprint(c, c.RemoteAddr().(*net.TCPAddr).IP.String())
+	})
 }
 
 // dialFrom connects from inside a pod, as the pod's own process would.
