@@ -12,6 +12,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"syscall"
 
@@ -115,13 +116,9 @@ func copyHalf(dst, src net.Conn) (int64, error) {
 
 func copyBuffered(dst io.Writer, src net.Conn) (int64, error) {
 	var total int64
-	w := newReadWaiter(src)
+	r := newReader(src)
 	for {
-		if err := w.wait(); err != nil {
-			return total, err
-		}
-		buf := bufpool.Get(BufferSize)
-		nr, rerr := src.Read(*buf)
+		buf, nr, rerr := r.read()
 		if nr > 0 {
 			nw, werr := dst.Write((*buf)[:nr])
 			total += int64(nw)
@@ -133,8 +130,6 @@ func copyBuffered(dst io.Writer, src net.Conn) (int64, error) {
 				return total, werr
 			}
 		}
-		// A full read suggests more is queued: read again without waiting.
-		w.skip = nr == len(*buf)
 		bufpool.Put(buf)
 		if rerr != nil {
 			if rerr == io.EOF {
@@ -166,42 +161,70 @@ func isSocket(c net.Conn) bool {
 	return ok
 }
 
-// readWaiter blocks until a socket has data, EOF or an error, without
-// holding a buffer. It is built once per direction so waiting does not
-// allocate; connections that are not sockets never wait.
-type readWaiter struct {
-	rc    syscall.RawConn
-	fn    func(fd uintptr) bool
-	first bool
-	skip  bool
+// reader reads a socket into pooled buffers without holding one while
+// the socket is idle: inside RawConn.Read it takes a buffer and tries a
+// non-blocking read; on EAGAIN it gives the buffer back before the
+// netpoller waits. Data already queued costs one syscall. Connections
+// that are not sockets use their Read with a pooled buffer.
+type reader struct {
+	c   net.Conn
+	rc  syscall.RawConn
+	fn  func(fd uintptr) bool
+	buf *[]byte
+	n   int
+	err error
 }
 
-func newReadWaiter(c net.Conn) *readWaiter {
-	w := &readWaiter{}
+func newReader(c net.Conn) *reader {
+	r := &reader{c: c}
 	if sc, ok := c.(syscall.Conn); ok {
 		if rc, err := sc.SyscallConn(); err == nil {
-			w.rc = rc
-			w.fn = w.check
+			r.rc = rc
+			r.fn = r.try
 		}
 	}
-	return w
+	return r
 }
 
-func (w *readWaiter) check(fd uintptr) bool {
-	if !w.first {
-		return true // the poller says readable
+func (r *reader) try(fd uintptr) bool {
+	if r.buf == nil {
+		r.buf = bufpool.Get(BufferSize)
 	}
-	w.first = false
-	return peekReady(int(fd))
+	for {
+		n, err := syscall.Read(int(fd), *r.buf)
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case err == syscall.EAGAIN:
+			bufpool.Put(r.buf) // idle: hold no buffer while waiting
+			r.buf = nil
+			return false
+		case err != nil:
+			r.n, r.err = 0, os.NewSyscallError("read", err)
+		case n == 0:
+			r.n, r.err = 0, io.EOF
+		default:
+			r.n, r.err = n, nil
+		}
+		return true
+	}
 }
 
-func (w *readWaiter) wait() error {
-	if w.rc == nil || w.skip {
-		return nil
+// read returns a pooled buffer (the caller puts it back), how many bytes
+// it holds, and io.EOF or an error.
+func (r *reader) read() (*[]byte, int, error) {
+	if r.rc == nil {
+		buf := bufpool.Get(BufferSize)
+		n, err := r.c.Read(*buf)
+		return buf, n, err
 	}
-	w.first = true
-	// A deadline or close error here is reported again, with context, by
-	// the Read that follows.
-	_ = w.rc.Read(w.fn)
-	return nil
+	r.buf, r.n, r.err = nil, 0, nil
+	if err := r.rc.Read(r.fn); err != nil {
+		// Deadline, close: the poller's error, with the socket's context.
+		if r.buf == nil {
+			r.buf = bufpool.Get(0)
+		}
+		return r.buf, 0, &net.OpError{Op: "read", Net: "tcp", Source: r.c.LocalAddr(), Addr: r.c.RemoteAddr(), Err: err}
+	}
+	return r.buf, r.n, r.err
 }

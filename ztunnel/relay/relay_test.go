@@ -7,6 +7,8 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/strait-mesh/strait/internal/bufpool"
 )
 
 // tcpPair returns two connected loopback TCP sockets.
@@ -99,40 +101,47 @@ func TestResetAbortsBoth(t *testing.T) {
 	}
 }
 
-// TestIdleHoldsNoBuffer: while no data flows, the copy loop waits for
-// readability without a pooled buffer in hand.
+// TestIdleHoldsNoBuffer: a read attempt on an idle socket gives its
+// pooled buffer back before waiting; queued data and EOF come through.
 func TestIdleHoldsNoBuffer(t *testing.T) {
 	a, b := tcpPair(t)
-	w := newReadWaiter(b)
-	if w.rc == nil {
+	r := newReader(b)
+	if r.rc == nil {
 		t.Fatal("TCP conn has no raw conn")
 	}
-	ready := make(chan struct{})
-	go func() {
-		w.wait()
-		close(ready)
-	}()
-	select {
-	case <-ready:
-		t.Fatal("wait returned with nothing to read")
-	case <-time.After(50 * time.Millisecond):
+	var ready bool
+	r.rc.Control(func(fd uintptr) { ready = r.try(fd) }) // Go sockets are non-blocking: EAGAIN
+	if ready || r.buf != nil {
+		t.Fatalf("idle attempt: ready=%v, holding a buffer=%v", ready, r.buf != nil)
 	}
+	got := make(chan string, 1)
+	go func() {
+		buf, n, err := r.read() // blocks in the poller, without a buffer
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		got <- string((*buf)[:n])
+		bufpool.Put(buf)
+	}()
 	a.Write([]byte("x"))
 	select {
-	case <-ready:
+	case s := <-got:
+		if s != "x" {
+			t.Fatalf("read %q", s)
+		}
 	case <-time.After(5 * time.Second):
-		t.Fatal("wait did not return when data arrived")
+		t.Fatal("read did not return when data arrived")
 	}
-	// The byte is still there: waiting consumed nothing.
-	buf := make([]byte, 4)
-	if n, err := b.Read(buf); n != 1 || err != nil {
-		t.Fatalf("read after wait: %d %v", n, err)
-	}
-	// EOF also counts as readable.
 	a.CloseWrite()
-	w.wait()
-	if _, err := b.Read(buf); err != io.EOF {
-		t.Fatalf("read after FIN: %v", err)
+	buf, n, err := r.read()
+	bufpool.Put(buf)
+	if n != 0 || err != io.EOF {
+		t.Fatalf("after FIN: n=%d err=%v, want EOF", n, err)
+	}
+	b.SetReadDeadline(time.Now().Add(-time.Second))
+	if _, _, err := r.read(); err == nil {
+		t.Fatal("read past the deadline succeeded")
 	}
 }
 
