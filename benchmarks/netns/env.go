@@ -24,7 +24,7 @@ import (
 )
 
 // nsPrefix starts every namespace this harness makes; the rest of the
-// prefix is "d" or "m" (direct, mesh) and the harness's pid, so a later
+// prefix is "d", "m" or "l" (direct, mesh, limit) and the harness's pid, so a later
 // run can find and remove what a killed run left behind.
 const nsPrefix = "snb"
 
@@ -33,7 +33,7 @@ const tmpPrefix = "strait-bench-netns-"
 
 var staleTmp = regexp.MustCompile(`^` + tmpPrefix + `([0-9]+)-[0-9]+$`)
 
-var staleNS = regexp.MustCompile(`^` + nsPrefix + `[dm]([0-9]+)(sw|n[0-9]+|p[0-9]+)$`)
+var staleNS = regexp.MustCompile(`^` + nsPrefix + `[dml]([0-9]+)(sw|n[0-9]+|p[0-9]+)$`)
 
 // spec is the same for both systems: node-a with the client pod, node-b
 // with the server pod.
@@ -188,15 +188,17 @@ type ztunnel struct {
 }
 
 // startMesh runs a ztunnel per node of t, plays the node agent and
-// enrolls every pod (HBONE between the nodes).
-func (e *env) startMesh(ctx context.Context, t *meshtest.Topology, bin, logLevel string) ([]*ztunnel, error) {
-	cfg := filepath.Join(e.dir, "workloads.yaml")
+// enrolls every pod (HBONE between the nodes). tag prefixes the names of
+// its files and processes ("" for the main mesh, so a second mesh in the
+// same run does not collide); extra holds more ztunnel flags per node name.
+func (e *env) startMesh(ctx context.Context, t *meshtest.Topology, bin, logLevel, tag string, extra map[string][]string) ([]*ztunnel, error) {
+	cfg := filepath.Join(e.dir, tag+"workloads.yaml")
 	if err := os.WriteFile(cfg, t.WorkloadsYAML(nil, ""), 0o644); err != nil {
 		return nil, err
 	}
 	var zts []*ztunnel
 	for _, n := range t.Nodes {
-		sock := filepath.Join(e.dir, n.Name+".sock")
+		sock := filepath.Join(e.dir, tag+n.Name+".sock")
 		agent, err := meshtest.StartAgent(sock)
 		if err != nil {
 			return nil, err
@@ -204,10 +206,11 @@ func (e *env) startMesh(ctx context.Context, t *meshtest.Topology, bin, logLevel
 		e.mu.Lock()
 		e.agnts = append(e.agnts, agent)
 		e.mu.Unlock()
-		p, err := e.start("ztunnel-"+n.Name, n.NS, nil, nil, bin,
-			"-config", cfg, "-node", n.Name, "-ca-dir", filepath.Join(e.dir, "ca"), "-zds-socket", sock,
+		args := append([]string{bin,
+			"-config", cfg, "-node", n.Name, "-ca-dir", filepath.Join(e.dir, tag+"ca"), "-zds-socket", sock,
 			"-admin-addr", "127.0.0.1:15000", "-ready-addr", "127.0.0.1:15021", "-metrics-addr", "127.0.0.1:15020",
-			"-drain-grace", "2s", "-log-level", logLevel)
+			"-drain-grace", "2s", "-log-level", logLevel}, extra[n.Name]...)
+		p, err := e.start(tag+"ztunnel-"+n.Name, n.NS, nil, nil, args...)
 		if err != nil {
 			return nil, err
 		}

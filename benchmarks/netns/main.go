@@ -20,12 +20,16 @@
 //     close with SO_LINGER 0), -conn-workers parallel loops;
 //
 // and once, mesh only: each ztunnel's VmRSS idle after enrollment and
-// with 1000 and 5000 idle tunneled connections held open.
+// with 1000 and 5000 idle tunneled connections held open; and "limit", on
+// a separate mesh whose node-a ztunnel runs with -max-conns 5000: 10 000
+// connection attempts, the ones beyond the limit refused cleanly (reset,
+// counted, no hang) with node-a's memory bounded (limit.go).
 //
 // Usage (root; `make build` first for bin/ztunnel):
 //
 //	go run ./benchmarks/netns -out benchmarks/results/netns.json
 //	go run ./benchmarks/netns -quick
+//	go run ./benchmarks/netns -only limit
 //
 // Everything it creates (namespaces, links, rules, processes, temporary
 // files) is removed on exit and on Ctrl-C; a run killed with SIGKILL
@@ -47,6 +51,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -86,6 +91,17 @@ type settings struct {
 	ZtunnelLog  string        `json:"ztunnel_log_level"`
 	FortioArgs  []string      `json:"fortio_load_args"`
 	IperfArgs   []string      `json:"iperf3_client_args"`
+	Only        []string      `json:"only,omitempty"`
+	LimitMax    int           `json:"limit_max_conns"`
+	LimitTries  int           `json:"limit_attempts"`
+}
+
+// scenarios are the names -only accepts.
+var scenarios = []string{"idle", "latency", "throughput", "conn_rate", "limit"}
+
+// want reports whether scenario sc runs (every one without -only).
+func (s *settings) want(sc string) bool {
+	return len(s.Only) == 0 || slices.Contains(s.Only, sc)
 }
 
 type bench struct {
@@ -129,6 +145,9 @@ func run() (code int) {
 	idle := flag.String("idle-conns", "", "idle tunneled connection counts for the RSS scenario, cumulative (default 1000,5000; 200 with -quick)")
 	noProfile := flag.Bool("no-profile", false, "skip the CPU profiles of the ztunnels (always skipped with -quick)")
 	ztLog := flag.String("ztunnel-log-level", "info", "ztunnel -log-level")
+	only := flag.String("only", "", "run only these scenarios, comma-separated: "+strings.Join(scenarios, ","))
+	limitMax := flag.Int("limit-max-conns", 0, "limit scenario: node-a ztunnel -max-conns (default 5000; 200 with -quick)")
+	limitTries := flag.Int("limit-attempts", 0, "limit scenario: connections attempted through it (default 10000; 400 with -quick)")
 	flag.Parse()
 
 	b := &bench{start: time.Now(), rec: newRecorder(), profs: map[string]string{}, fortio: *fortioBin}
@@ -138,8 +157,30 @@ func run() (code int) {
 	}
 	set := settings{Quick: *quick, Rounds: 3, LatencyDur: 10 * time.Second, ThroughDur: 10 * time.Second, ConnDur: 5 * time.Second,
 		IdleConns: []int{1000, 5000}, ConnWorkers: *workers, Profile: !*noProfile && !*quick, ZtunnelLog: *ztLog}
+	set.LimitMax, set.LimitTries = 5000, 10000
 	if *quick {
 		set.Rounds, set.LatencyDur, set.ThroughDur, set.ConnDur, set.IdleConns = 1, 2*time.Second, 2*time.Second, time.Second, []int{200}
+		set.LimitMax, set.LimitTries = 200, 400
+	}
+	if *limitMax > 0 {
+		set.LimitMax = *limitMax
+	}
+	if *limitTries > 0 {
+		set.LimitTries = *limitTries
+	}
+	if set.LimitTries <= set.LimitMax {
+		fmt.Fprintln(os.Stderr, "benchmarks/netns: -limit-attempts must be above -limit-max-conns")
+		return 2
+	}
+	if *only != "" {
+		for _, sc := range strings.Split(*only, ",") {
+			sc = strings.TrimSpace(sc)
+			if !slices.Contains(scenarios, sc) {
+				fmt.Fprintf(os.Stderr, "benchmarks/netns: -only: unknown scenario %q (have %s)\n", sc, strings.Join(scenarios, ","))
+				return 2
+			}
+			set.Only = append(set.Only, sc)
+		}
 	}
 	if *rounds > 0 {
 		set.Rounds = *rounds
@@ -240,29 +281,74 @@ func (b *bench) runAll() (*Report, error) {
 		}
 		b.set.IdleConns = keep
 	}
+	// The main mesh (and its servers, which need fortio and iperf3) only
+	// when a scenario other than limit runs; direct only with the rounds.
+	rounds := b.set.want("latency") || b.set.want("throughput") || b.set.want("conn_rate")
+	mainMesh := rounds || b.set.want("idle")
 	var err error
-	if b.fortio, err = ensureFortio(ctx, b.fortio, b.log); err != nil {
-		return nil, err
-	}
-	if b.iperf, err = ensureIperf3(ctx, b.log); err != nil {
-		return nil, err
+	if mainMesh {
+		if b.fortio, err = ensureFortio(ctx, b.fortio, b.log); err != nil {
+			return nil, err
+		}
+		if b.iperf, err = ensureIperf3(ctx, b.log); err != nil {
+			return nil, err
+		}
 	}
 	machine := b.machineFacts()
 	for _, k := range []string{"cpu", "vcpus", "kernel", "go", "fortio", "iperf3", "git"} {
 		b.log("%-7s %s", k, machine[k])
 	}
+	// Run a private copy: a concurrent `make build` must not swap the
+	// binary between the two nodes or under the profiles.
+	ztCopy := filepath.Join(b.env.dir, "ztunnel")
+	if err := copyFile(b.set.ZtunnelBin, ztCopy); err != nil {
+		return nil, err
+	}
+	machine["ztunnel_sha256"] = fileSHA(ztCopy)
 
+	if mainMesh {
+		if err := b.runMain(machine, ztCopy, rounds); err != nil {
+			return nil, err
+		}
+	}
+	if b.set.want("limit") {
+		if err := b.limit(ztCopy); err != nil {
+			return nil, err
+		}
+	}
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+
+	b.rec.printTable(os.Stdout)
+	for _, n := range b.notes {
+		fmt.Println("note:", n)
+	}
+	machine["loadavg_end"] = readTrim("/proc/loadavg")
+	return &Report{
+		Started: b.start.UTC().Format(time.RFC3339), Seconds: time.Since(b.start).Seconds(), Quick: b.set.Quick,
+		Machine: machine, Settings: b.settingsMap(), Rows: b.rec.rows(), Samples: b.rec.samples, Notes: b.notes, Profiles: b.profs,
+	}, nil
+}
+
+// runMain runs every scenario but limit on the direct and mesh topologies.
+func (b *bench) runMain(machine map[string]string, ztCopy string, rounds bool) error {
+	ctx := b.ctx
 	// Two topologies of the same shape; all addresses live in their own
 	// namespaces, so both can use 10.201.x.y.
+	names := []string{"mesh"}
+	if rounds {
+		names = []string{"direct", "mesh"}
+	}
 	var direct, mesh *system
-	for _, name := range []string{"direct", "mesh"} {
+	for _, name := range names {
 		t, err := b.env.build(name)
 		if err != nil {
-			return nil, fmt.Errorf("%s topology: %w", name, err)
+			return fmt.Errorf("%s topology: %w", name, err)
 		}
 		s := &system{name: name, topo: t, client: t.Pod("client"), server: t.Pod("server")}
-		if err := b.startServers(s); err != nil {
-			return nil, fmt.Errorf("%s servers: %w", name, err)
+		if err := b.startServers(s, true); err != nil {
+			return fmt.Errorf("%s servers: %w", name, err)
 		}
 		if name == "direct" {
 			direct = s
@@ -273,16 +359,9 @@ func (b *bench) runAll() (*Report, error) {
 	}
 	b.set.FortioArgs = b.fortioArgs(mesh, b.set.LatencyDur, "OUT.json")
 	b.set.IperfArgs = b.iperfArgs(mesh, b.set.ThroughDur)
-	// Run a private copy: a concurrent `make build` must not swap the
-	// binary between the two nodes or under the profiles.
-	ztCopy := filepath.Join(b.env.dir, "ztunnel")
-	if err := copyFile(b.set.ZtunnelBin, ztCopy); err != nil {
-		return nil, err
-	}
-	machine["ztunnel_sha256"] = fileSHA(ztCopy)
-	zts, err := b.env.startMesh(ctx, mesh.topo, ztCopy, b.set.ZtunnelLog)
+	zts, err := b.env.startMesh(ctx, mesh.topo, ztCopy, b.set.ZtunnelLog, "", nil)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	mesh.zts = zts
 	for _, z := range zts {
@@ -296,7 +375,7 @@ func (b *bench) runAll() (*Report, error) {
 	for _, z := range mesh.zts {
 		rss, err := procRSSKiB(z.pid())
 		if err != nil {
-			return nil, err
+			return err
 		}
 		idle[z.name()] = rss
 		b.rec.add(1, "idle", "mesh", "rss_mib", z.name(), float64(rss)/1024)
@@ -305,32 +384,46 @@ func (b *bench) runAll() (*Report, error) {
 		b.memStats(z, 1, "idle")
 		b.log("mesh   idle                 %s RSS %.1f MiB, %d fds, %d goroutines", z.name(), float64(rss)/1024, procFDs(z.pid()), g)
 	}
-	if err := b.idleConns(mesh, idle); err != nil {
-		return nil, err
+	if b.set.want("idle") {
+		if err := b.idleConns(mesh, idle); err != nil {
+			return err
+		}
+	}
+	if !rounds {
+		return nil
 	}
 
 	// 2. Warm-up (not recorded): connections, pools, certificates, caches.
 	for _, s := range []*system{direct, mesh} {
 		if _, err := b.fortioRun(s, time.Second); err != nil {
-			return nil, fmt.Errorf("%s warm-up: %w", s.name, err)
+			return fmt.Errorf("%s warm-up: %w", s.name, err)
 		}
 	}
 	b.log("warm-up done (1 s of fortio load on each system)")
 
 	// 3. Rounds, interleaved; the order flips every round so drift in the
 	// machine's load does not favour one system.
+	var scs []func(int, *system) error
+	for _, sc := range []struct {
+		name string
+		run  func(int, *system) error
+	}{{"latency", b.latency}, {"throughput", b.throughput}, {"conn_rate", b.connRate}} {
+		if b.set.want(sc.name) {
+			scs = append(scs, sc.run)
+		}
+	}
 	for r := 1; r <= b.set.Rounds; r++ {
 		order := []*system{direct, mesh}
 		if r%2 == 0 {
 			order = []*system{mesh, direct}
 		}
-		for _, sc := range []func(int, *system) error{b.latency, b.throughput, b.connRate} {
+		for _, sc := range scs {
 			for _, s := range order {
 				if err := sc(r, s); err != nil {
-					return nil, err
+					return err
 				}
 				if err := b.checkAlive(mesh); err != nil {
-					return nil, err
+					return err
 				}
 				sleep(ctx, 500*time.Millisecond)
 			}
@@ -349,19 +442,7 @@ func (b *bench) runAll() (*Report, error) {
 			b.note("profiles failed: %v", err)
 		}
 	}
-	if ctx.Err() != nil {
-		return nil, ctx.Err()
-	}
-
-	b.rec.printTable(os.Stdout)
-	for _, n := range b.notes {
-		fmt.Println("note:", n)
-	}
-	machine["loadavg_end"] = readTrim("/proc/loadavg")
-	return &Report{
-		Started: b.start.UTC().Format(time.RFC3339), Seconds: time.Since(b.start).Seconds(), Quick: b.set.Quick,
-		Machine: machine, Settings: b.settingsMap(), Rows: b.rec.rows(), Samples: b.rec.samples, Notes: b.notes, Profiles: b.profs,
-	}, nil
+	return ctx.Err()
 }
 
 func (z *ztunnel) name() string { return "ztunnel-" + z.node.Name }
@@ -386,24 +467,28 @@ func (b *bench) settingsMap() map[string]any {
 	return m
 }
 
-// startServers runs fortio server, iperf3 -s and the echo server in the
-// server pod and waits until they accept connections (from inside the
-// pod, before any redirection is installed).
-func (b *bench) startServers(s *system) error {
+// startServers runs the echo server and, if full, fortio server and
+// iperf3 -s in the server pod and waits until they accept connections
+// (from inside the pod, before any redirection is installed).
+func (b *bench) startServers(s *system, full bool) error {
 	srv := s.server
 	pre := s.name + "-"
-	if _, err := b.env.start(pre+"fortio-server", srv.NS, nil, nil, b.fortio, "server",
-		"-http-port", strconv.Itoa(fortioPort), "-grpc-port", "disabled", "-redirect-port", "disabled",
-		"-ui-path", "", "-loglevel", "warning"); err != nil {
-		return err
-	}
-	if _, err := b.env.start(pre+"iperf3-server", srv.NS, nil, nil, b.iperf, "-s", "-p", strconv.Itoa(iperfPort)); err != nil {
-		return err
+	ports := []int{echoPort}
+	if full {
+		if _, err := b.env.start(pre+"fortio-server", srv.NS, nil, nil, b.fortio, "server",
+			"-http-port", strconv.Itoa(fortioPort), "-grpc-port", "disabled", "-redirect-port", "disabled",
+			"-ui-path", "", "-loglevel", "warning"); err != nil {
+			return err
+		}
+		if _, err := b.env.start(pre+"iperf3-server", srv.NS, nil, nil, b.iperf, "-s", "-p", strconv.Itoa(iperfPort)); err != nil {
+			return err
+		}
+		ports = append(ports, fortioPort, iperfPort)
 	}
 	if _, err := b.env.start(pre+"echo-server", srv.NS, nil, nil, b.env.self, "worker", "echo-server", "-addr", fmt.Sprintf(":%d", echoPort)); err != nil {
 		return err
 	}
-	for _, port := range []int{fortioPort, iperfPort, echoPort} {
+	for _, port := range ports {
 		if err := waitTCP(b.ctx, srv.NS, fmt.Sprintf("%s:%d", srv.IP, port)); err != nil {
 			return fmt.Errorf("server port %d: %w", port, err)
 		}

@@ -91,7 +91,7 @@ func TestMedianAndRows(t *testing.T) {
 func TestStaleNamePattern(t *testing.T) {
 	for name, want := range map[string]bool{
 		"snbd123sw": true, "snbm123n0": true, "snbm123p1": true,
-		"sd123sw": false, "snbx123sw": false, "snbd123": false, "snbd123p": false,
+		"sd123sw": false, "snbx123sw": false, "snbl123p1": true, "snbd123": false, "snbd123p": false,
 	} {
 		if got := staleNS.MatchString(name); got != want {
 			t.Errorf("%s: match %v, want %v", name, got, want)
@@ -109,5 +109,34 @@ func TestParseMachineCPU(t *testing.T) {
 	}
 	if _, _, err := parseMachineCPU([]byte("intr 1 2 3\n")); err == nil {
 		t.Fatal("odd line accepted")
+	}
+}
+
+func TestParseLimitCounter(t *testing.T) {
+	m := `# TYPE strait_connection_failures_total counter
+strait_connection_failures_total{direction="inbound",reason="connection_limit"} 7
+strait_connection_failures_total{direction="outbound",reason="dial"} 3
+strait_connection_failures_total{direction="outbound",reason="connection_limit"} 5000
+`
+	if got := parseLimitCounter(m); got != 5000 {
+		t.Fatalf("parseLimitCounter = %v, want 5000", got)
+	}
+	if got := parseLimitCounter("go_goroutines 15\n"); got != 0 {
+		t.Fatalf("parseLimitCounter without the series = %v, want 0", got)
+	}
+}
+
+func TestPct(t *testing.T) {
+	v := make([]float64, 100)
+	for i := range v {
+		v[i] = float64(i + 1)
+	}
+	for _, c := range []struct{ p, want float64 }{{50, 50}, {99, 99}, {100, 100}, {0, 1}} {
+		if got := pct(v, c.p); got != c.want {
+			t.Errorf("pct(1..100, %v) = %v, want %v", c.p, got, c.want)
+		}
+	}
+	if !math.IsNaN(pct(nil, 50)) {
+		t.Error("pct(nil) is not NaN")
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -24,6 +25,7 @@ func runWorker(args []string) error {
 	if len(args) == 0 {
 		return errors.New("worker: name missing")
 	}
+	raiseNoFile()
 	switch args[0] {
 	case "echo-server":
 		return workerEcho(args[1:])
@@ -152,14 +154,29 @@ func oneConn(d *net.Dialer, addr string, b []byte) error {
 	return nil
 }
 
+// raiseNoFile sets the open-files soft limit to the hard limit (the
+// harness does the same for itself, and children inherit it; a worker
+// does it again so it never depends on how it was started).
+func raiseNoFile() {
+	var rl syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl) == nil && rl.Cur < rl.Max {
+		rl.Cur = rl.Max
+		syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl)
+	}
+}
+
 // workerHold opens idle connections on command and keeps them open. It
 // reads lines from stdin: "open N" opens N more (each checked end to end
-// with a one-byte echo) and answers "ok TOTAL" or "err TOTAL msg"; EOF or
-// "close" closes them all and exits.
+// with a one-byte echo) and answers "ok TOTAL" or "err TOTAL msg"; "try N"
+// attempts N more, expecting some to be refused, and answers "ok JSON"
+// (a tryResult); "check" echoes one byte on every held connection and
+// answers "ok JSON" (a checkResult); EOF or "close" closes them all and
+// exits.
 func workerHold(args []string) error {
 	fs := flag.NewFlagSet("hold", flag.ContinueOnError)
 	addr := fs.String("addr", "", "server address")
 	par := fs.Int("parallel", 16, "parallel dials")
+	deadline := fs.Duration("try-deadline", 2*time.Second, "deadline of one attempt of \"try\" (connect, write, echo read)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -188,6 +205,19 @@ func workerHold(args []string) error {
 				continue
 			}
 			fmt.Printf("ok %d\n", len(held))
+		case "try":
+			n, err := strconv.Atoi(arg)
+			if err != nil {
+				return err
+			}
+			got, r := tryConns(*addr, n, *par, *deadline)
+			held = append(held, got...)
+			r.Held = len(held)
+			j, _ := json.Marshal(r)
+			fmt.Printf("ok %s\n", j)
+		case "check":
+			j, _ := json.Marshal(checkConns(held, *par))
+			fmt.Printf("ok %s\n", j)
 		default:
 			return fmt.Errorf("hold: unknown command %q", cmd)
 		}
@@ -235,4 +265,139 @@ func openIdle(addr string, n, par int) ([]net.Conn, error) {
 	}
 	wg.Wait()
 	return conns, first
+}
+
+// tryResult is the answer to "try N": how each attempt ended. A clean
+// refusal is a reset (ECONNRESET/EPIPE), an EOF or a refused connect; a
+// timeout means the attempt hung until the deadline.
+type tryResult struct {
+	Attempts   int       `json:"attempts"`
+	Accepted   int       `json:"accepted"`
+	Reset      int       `json:"reset"`
+	EOF        int       `json:"eof"`
+	ConnRefuse int       `json:"conn_refused"`
+	Timeout    int       `json:"timeout"`
+	Other      int       `json:"other"`
+	FirstOther string    `json:"first_other,omitempty"`
+	RefuseMS   []float64 `json:"refuse_ms"` // per clean refusal, from the start of the connect to the error
+	AcceptMS   []float64 `json:"accept_ms"` // per accepted attempt, connect to echo
+	Held       int       `json:"held"`
+	Seconds    float64   `json:"seconds"`
+}
+
+// tryConns attempts n connections, par at a time, each bounded by
+// deadline (connect, write one byte, read the echo). Accepted connections
+// are returned open; the others are closed and classified.
+func tryConns(addr string, n, par int, deadline time.Duration) ([]net.Conn, tryResult) {
+	var (
+		mu    sync.Mutex
+		conns []net.Conn
+		r     = tryResult{Attempts: n}
+		next  atomic.Int64
+		wg    sync.WaitGroup
+	)
+	start := time.Now()
+	for range par {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var b [1]byte
+			for next.Add(1) <= int64(n) {
+				t0 := time.Now()
+				dl := t0.Add(deadline)
+				c, err := net.DialTimeout("tcp", addr, deadline)
+				if err == nil {
+					c.SetDeadline(dl)
+					b[0] = 'l'
+					if _, err = c.Write(b[:]); err == nil {
+						_, err = io.ReadFull(c, b[:])
+					}
+					c.SetDeadline(time.Time{})
+					if err != nil {
+						c.(*net.TCPConn).SetLinger(0)
+						c.Close()
+					}
+				}
+				ms := float64(time.Since(t0).Microseconds()) / 1000
+				mu.Lock()
+				var ne net.Error
+				switch {
+				case err == nil:
+					conns = append(conns, c)
+					r.Accepted++
+					r.AcceptMS = append(r.AcceptMS, ms)
+				case errors.As(err, &ne) && ne.Timeout():
+					r.Timeout++
+				case errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE):
+					r.Reset++
+					r.RefuseMS = append(r.RefuseMS, ms)
+				case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
+					r.EOF++
+					r.RefuseMS = append(r.RefuseMS, ms)
+				case errors.Is(err, syscall.ECONNREFUSED):
+					r.ConnRefuse++
+					r.RefuseMS = append(r.RefuseMS, ms)
+				default:
+					r.Other++
+					if r.FirstOther == "" {
+						r.FirstOther = err.Error()
+					}
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	r.Seconds = time.Since(start).Seconds()
+	return conns, r
+}
+
+// checkResult is the answer to "check".
+type checkResult struct {
+	OK         int    `json:"ok"`
+	Failed     int    `json:"failed"`
+	FirstError string `json:"first_error,omitempty"`
+}
+
+// checkConns echoes one byte on every held connection, par at a time.
+func checkConns(conns []net.Conn, par int) checkResult {
+	var (
+		mu   sync.Mutex
+		r    checkResult
+		next atomic.Int64
+		wg   sync.WaitGroup
+	)
+	for range par {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var b [1]byte
+			for {
+				i := next.Add(1) - 1
+				if i >= int64(len(conns)) {
+					return
+				}
+				c := conns[i]
+				c.SetDeadline(time.Now().Add(5 * time.Second))
+				b[0] = 'c'
+				_, err := c.Write(b[:])
+				if err == nil {
+					_, err = io.ReadFull(c, b[:])
+				}
+				c.SetDeadline(time.Time{})
+				mu.Lock()
+				if err != nil {
+					r.Failed++
+					if r.FirstError == "" {
+						r.FirstError = err.Error()
+					}
+				} else {
+					r.OK++
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return r
 }
