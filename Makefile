@@ -45,7 +45,7 @@ fmt: ## gofmt every Go file
 bench-smoke: ## every benchmark once (-benchtime=1x) so none rots
 	$(GO) test -run '^$$' -bench . -benchtime=1x ./...
 
-bench-netns: build ## ztunnel vs direct on a two-node netns topology (root, ~3.5 min; see benchmarks/README.md)
+bench-netns: build ## ztunnel vs direct on a two-node netns topology, plus 10 000 connections at the limit (root, ~4 min; benchmarks/README.md)
 	$(GO) run ./benchmarks/netns -ztunnel $(BIN)/ztunnel -out benchmarks/results/netns.json
 
 tools: ## pinned Go tools

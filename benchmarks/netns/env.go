@@ -6,9 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,7 +17,6 @@ import (
 	"time"
 
 	"github.com/strait-mesh/strait/internal/meshtest"
-	"github.com/strait-mesh/strait/ztunnel/inpod"
 )
 
 // nsPrefix starts every namespace this harness makes; the rest of the
@@ -238,7 +234,7 @@ func (e *env) startMesh(ctx context.Context, t *meshtest.Topology, bin, logLevel
 		zts = append(zts, &ztunnel{node: n, p: p})
 	}
 	for _, z := range zts {
-		if err := waitReady(ctx, z.node); err != nil {
+		if err := meshtest.WaitReady(ctx, z.node.NS, "127.0.0.1:15021"); err != nil {
 			return nil, fmt.Errorf("ztunnel on %s not ready: %w (log: %s)", z.node.Name, err, tail(z.p.log.Name()))
 		}
 	}
@@ -252,72 +248,6 @@ func tail(path string) string {
 		lines = lines[len(lines)-5:]
 	}
 	return strings.Join(lines, " | ")
-}
-
-// dialIn dials from inside a namespace (setns on a locked thread).
-func dialIn(ctx context.Context, ns, addr string) (net.Conn, error) {
-	h, err := inpod.OpenNetNS("/var/run/netns/" + ns)
-	if err != nil {
-		return nil, err
-	}
-	defer h.Close()
-	ap, err := netip.ParseAddrPort(addr)
-	if err != nil {
-		return nil, err
-	}
-	return h.Dial(ctx, netip.Addr{}, ap, inpod.SocketOpts{})
-}
-
-// nsGet is an HTTP GET from inside namespace ns.
-func nsGet(ctx context.Context, ns, addr, path string, timeout time.Duration) ([]byte, int, error) {
-	tr := &http.Transport{DialContext: func(ctx context.Context, _, a string) (net.Conn, error) {
-		return dialIn(ctx, ns, a)
-	}}
-	defer tr.CloseIdleConnections()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+path, nil)
-	if err != nil {
-		return nil, 0, err
-	}
-	resp, err := (&http.Client{Transport: tr, Timeout: timeout}).Do(req)
-	if err != nil {
-		return nil, 0, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	return b, resp.StatusCode, err
-}
-
-func waitReady(ctx context.Context, n *meshtest.Node) error {
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		body, code, err := nsGet(ctx, n.NS, "127.0.0.1:15021", "/healthz/ready", 2*time.Second)
-		if err == nil && code == http.StatusOK {
-			return nil
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			if err == nil {
-				err = fmt.Errorf("%d %s", code, bytes.TrimSpace(body))
-			}
-			return err
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// waitTCP waits until addr accepts connections from inside ns.
-func waitTCP(ctx context.Context, ns, addr string) error {
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		c, err := dialIn(ctx, ns, addr)
-		if err == nil {
-			c.Close()
-			return nil
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			return err
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // sweepStale deletes namespaces left by a harness run that no longer

@@ -489,7 +489,7 @@ func (b *bench) startServers(s *system, full bool) error {
 		return err
 	}
 	for _, port := range ports {
-		if err := waitTCP(b.ctx, srv.NS, fmt.Sprintf("%s:%d", srv.IP, port)); err != nil {
+		if err := meshtest.WaitTCP(b.ctx, srv.NS, fmt.Sprintf("%s:%d", srv.IP, port)); err != nil {
 			return fmt.Errorf("server port %d: %w", port, err)
 		}
 	}
@@ -829,7 +829,7 @@ func (s *safeLines) wait(ctx context.Context, p *proc, d time.Duration) (string,
 
 // goroutines asks a ztunnel's pprof for its goroutine count (-1 on error).
 func (b *bench) goroutines(z *ztunnel) int {
-	body, code, err := nsGet(b.ctx, z.node.NS, "127.0.0.1:15000", "/debug/pprof/goroutine?debug=1", 10*time.Second)
+	body, code, err := meshtest.Get(b.ctx, z.node.NS, "127.0.0.1:15000", "/debug/pprof/goroutine?debug=1", 10*time.Second)
 	if err != nil || code != 200 {
 		return -1
 	}
@@ -844,7 +844,7 @@ func (b *bench) goroutines(z *ztunnel) int {
 // Prometheus endpoint (the Go collector): goroutine stacks, heap in use
 // and everything the runtime holds from the OS, to explain the RSS.
 func (b *bench) memStats(z *ztunnel, round int, scenario string) {
-	body, code, err := nsGet(b.ctx, z.node.NS, "127.0.0.1:15020", "/metrics", 10*time.Second)
+	body, code, err := meshtest.Get(b.ctx, z.node.NS, "127.0.0.1:15020", "/metrics", 10*time.Second)
 	if err != nil || code != 200 {
 		return
 	}
@@ -868,7 +868,7 @@ func (b *bench) heapProfile(z *ztunnel, scenario string) error {
 	if err := b.ensureOutDir(); err != nil {
 		return err
 	}
-	body, code, err := nsGet(b.ctx, z.node.NS, "127.0.0.1:15000", "/debug/pprof/heap?gc=1", 30*time.Second)
+	body, code, err := meshtest.Get(b.ctx, z.node.NS, "127.0.0.1:15000", "/debug/pprof/heap?gc=1", 30*time.Second)
 	if err == nil && code != 200 {
 		err = fmt.Errorf("HTTP %d", code)
 	}
@@ -938,7 +938,7 @@ func (b *bench) profiles(s *system) error {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				body, code, err := nsGet(b.ctx, z.node.NS, "127.0.0.1:15000", fmt.Sprintf("/debug/pprof/profile?seconds=%d", secs), time.Duration(secs+30)*time.Second)
+				body, code, err := meshtest.Get(b.ctx, z.node.NS, "127.0.0.1:15000", fmt.Sprintf("/debug/pprof/profile?seconds=%d", secs), time.Duration(secs+30)*time.Second)
 				if err == nil && code != 200 {
 					err = fmt.Errorf("HTTP %d: %s", code, lastLines(body, 2))
 				}

@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,7 +15,6 @@ import (
 	"time"
 
 	"github.com/strait-mesh/strait/internal/meshtest"
-	"github.com/strait-mesh/strait/ztunnel/inpod"
 )
 
 type proc struct {
@@ -99,7 +96,7 @@ func runMesh(ctx context.Context, ztunnelBin string) (err error) {
 	if _, err := startProc("server-app", "ip", "netns", "exec", server.NS, self, "echo-server", ":8080"); err != nil {
 		return err
 	}
-	if err := waitTCP(ctx, server, server.IP.String()+":8080"); err != nil {
+	if err := meshtest.WaitTCP(ctx, server.NS, server.IP.String()+":8080"); err != nil {
 		return fmt.Errorf("server app: %w", err)
 	}
 	step("pod server runs a small echo process on :8080")
@@ -143,7 +140,7 @@ func runMesh(ctx context.Context, ztunnelBin string) (err error) {
 		step("ztunnel %-7s pid %d, enrolled %s (%s rules + netns over ZDS)", n.Name, zt.cmd.Process.Pid, strings.Join(names, ", "), agent.Backend().Kind())
 	}
 	for _, n := range topo.Nodes {
-		if err := waitReady(ctx, n); err != nil {
+		if err := meshtest.WaitReady(ctx, n.NS, "127.0.0.1:15021"); err != nil {
 			return fmt.Errorf("ztunnel on %s not ready: %w", n.Name, err)
 		}
 	}
@@ -243,66 +240,9 @@ func tail(path string) string {
 	return strings.Join(lines, " | ")
 }
 
-// inNode dials from inside a namespace (pods and nodes alike).
-func dialIn(ctx context.Context, nsPath, addr string) (net.Conn, error) {
-	ns, err := inpod.OpenNetNS(nsPath)
-	if err != nil {
-		return nil, err
-	}
-	defer ns.Close()
-	return ns.Dial(ctx, netip.Addr{}, netip.MustParseAddrPort(addr), inpod.SocketOpts{})
-}
-
-func waitTCP(ctx context.Context, p *meshtest.Pod, addr string) error {
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		c, err := dialIn(ctx, p.NetNSPath(), addr)
-		if err == nil {
-			c.Close()
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return err
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func nodeGet(ctx context.Context, n *meshtest.Node, addr, path string) (string, int, error) {
-	tr := &http.Transport{DialContext: func(ctx context.Context, _, a string) (net.Conn, error) {
-		return dialIn(ctx, "/var/run/netns/"+n.NS, a)
-	}}
-	defer tr.CloseIdleConnections()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+path, nil)
-	resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Do(req)
-	if err != nil {
-		return "", 0, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	return string(b), resp.StatusCode, err
-}
-
-func waitReady(ctx context.Context, n *meshtest.Node) error {
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		body, code, err := nodeGet(ctx, n, "127.0.0.1:15021", "/healthz/ready")
-		if err == nil && code == http.StatusOK {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			if err == nil {
-				err = fmt.Errorf("%d %s", code, strings.TrimSpace(body))
-			}
-			return err
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 func scrapeNode(ctx context.Context, n *meshtest.Node) (string, error) {
-	body, _, err := nodeGet(ctx, n, "127.0.0.1:15020", "/metrics")
-	return body, err
+	body, _, err := meshtest.Get(ctx, n.NS, "127.0.0.1:15020", "/metrics", 5*time.Second)
+	return string(body), err
 }
 
 // podEchoServer is the server pod's process: it answers each line with
