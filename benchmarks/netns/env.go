@@ -29,7 +29,7 @@ const tmpPrefix = "strait-bench-netns-"
 
 var staleTmp = regexp.MustCompile(`^` + tmpPrefix + `([0-9]+)-[0-9]+$`)
 
-var staleNS = regexp.MustCompile(`^` + nsPrefix + `[dml]([0-9]+)(sw|n[0-9]+|p[0-9]+)$`)
+var staleNS = regexp.MustCompile(`^` + nsPrefix + `[dmlhs]([0-9]+)(sw|n[0-9]+|p[0-9]+)$`)
 
 // spec is the same for both systems: node-a with the client pod, node-b
 // with the server pod.

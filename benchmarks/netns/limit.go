@@ -59,6 +59,7 @@ func (b *bench) limit(bin string) error {
 		return fmt.Errorf("limit topology: %w", err)
 	}
 	s := &system{name: sc, topo: t, client: t.Pod("client"), server: t.Pod("server")}
+	s.dst = s.server.IP
 	if err := b.startServers(s, false); err != nil {
 		return fmt.Errorf("limit servers: %w", err)
 	}

@@ -25,6 +25,12 @@
 // connection attempts, the ones beyond the limit refused cleanly (reset,
 // counted, no hang) with node-a's memory bounded (limit.go).
 //
+// With -systems (default all), two reference systems join the rounds on
+// topologies of the same shape, pods not enrolled, the client connecting
+// to node-a's proxy explicitly: haproxy 2.6 as an HBONE peer pair (HTTP/2
+// CONNECT over TLS 1.3 mTLS) and stunnel4 as a plain TLS 1.3 tunnel pair
+// (refproxy.go); a missing binary skips its system with a note.
+//
 // Usage (root; `make build` first for bin/ztunnel):
 //
 //	go run ./benchmarks/netns -out benchmarks/results/netns.json
@@ -46,6 +52,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -94,7 +101,11 @@ type settings struct {
 	Only        []string      `json:"only,omitempty"`
 	LimitMax    int           `json:"limit_max_conns"`
 	LimitTries  int           `json:"limit_attempts"`
+	Systems     []string      `json:"systems"`
 }
+
+// allSystems are the names -systems accepts.
+var allSystems = append([]string{"direct", "mesh"}, refSystems...)
 
 // scenarios are the names -only accepts.
 var scenarios = []string{"idle", "latency", "throughput", "conn_rate", "limit"}
@@ -132,12 +143,32 @@ type system struct {
 	name           string
 	topo           *meshtest.Topology
 	client, server *meshtest.Pod
-	zts            []*ztunnel // nil in direct
+	zts            []*ztunnel  // nil in direct
+	refs           []*refProxy // the reference proxies (haproxy, stunnel)
+	dst            netip.Addr  // where the clients connect: the server pod, or node-a's proxy
+}
+
+// watched is a proxy process whose CPU the scenarios measure.
+type watched struct {
+	name, node string
+	pid        int
+}
+
+// watched lists the system's proxy processes (none in direct).
+func (s *system) watched() []watched {
+	var ws []watched
+	for _, z := range s.zts {
+		ws = append(ws, watched{z.name(), z.node.Name, z.pid()})
+	}
+	for _, r := range s.refs {
+		ws = append(ws, watched{r.name(), r.node.Name, r.p.pid()})
+	}
+	return ws
 }
 
 func run() (code int) {
 	out := flag.String("out", "", "write JSON results to this file (e.g. benchmarks/results/netns.json)")
-	quick := flag.Bool("quick", false, "smoke run (~30 s): 1 round, short runs, 200 idle connections, no profiles")
+	quick := flag.Bool("quick", false, "smoke run (~1 min): 1 round, short runs, 200 idle connections, no profiles")
 	rounds := flag.Int("rounds", 0, "rounds per scenario (default 3, 1 with -quick)")
 	ztBin := flag.String("ztunnel", "bin/ztunnel", "ztunnel binary (`make build`)")
 	fortioBin := flag.String("fortio", "", "fortio "+fortioVersion+" binary (default: GOPATH/bin or PATH, installed with go install if missing)")
@@ -148,6 +179,7 @@ func run() (code int) {
 	only := flag.String("only", "", "run only these scenarios, comma-separated: "+strings.Join(scenarios, ","))
 	limitMax := flag.Int("limit-max-conns", 0, "limit scenario: node-a ztunnel -max-conns (default 5000; 200 with -quick)")
 	limitTries := flag.Int("limit-attempts", 0, "limit scenario: connections attempted through it (default 10000; 400 with -quick)")
+	systemsFlag := flag.String("systems", strings.Join(allSystems, ","), "systems compared in the rounds (direct and mesh always run; a reference system whose binary is missing is skipped with a note)")
 	flag.Parse()
 
 	b := &bench{start: time.Now(), rec: newRecorder(), profs: map[string]string{}, fortio: *fortioBin}
@@ -180,6 +212,19 @@ func run() (code int) {
 				return 2
 			}
 			set.Only = append(set.Only, sc)
+		}
+	}
+	for _, sy := range strings.Split(*systemsFlag, ",") {
+		sy = strings.TrimSpace(sy)
+		if sy == "" {
+			continue
+		}
+		if !slices.Contains(allSystems, sy) {
+			fmt.Fprintf(os.Stderr, "benchmarks/netns: -systems: unknown system %q (have %s)\n", sy, strings.Join(allSystems, ","))
+			return 2
+		}
+		if !slices.Contains(set.Systems, sy) {
+			set.Systems = append(set.Systems, sy)
 		}
 	}
 	if *rounds > 0 {
@@ -347,6 +392,7 @@ func (b *bench) runMain(machine map[string]string, ztCopy string, rounds bool) e
 			return fmt.Errorf("%s topology: %w", name, err)
 		}
 		s := &system{name: name, topo: t, client: t.Pod("client"), server: t.Pod("server")}
+		s.dst = s.server.IP
 		if err := b.startServers(s, true); err != nil {
 			return fmt.Errorf("%s servers: %w", name, err)
 		}
@@ -392,9 +438,32 @@ func (b *bench) runMain(machine map[string]string, ztCopy string, rounds bool) e
 	if !rounds {
 		return nil
 	}
+	refs, err := b.startRefs(machine)
+	if err != nil {
+		return err
+	}
+	var all []*system
+	if slices.Contains(b.set.Systems, "direct") {
+		all = append(all, direct)
+	}
+	if slices.Contains(b.set.Systems, "mesh") {
+		all = append(all, mesh)
+	}
+	all = append(all, refs...)
+	if len(all) == 0 {
+		return errors.New("-systems: no system left to measure")
+	}
+	checkAll := func() error {
+		for _, s := range append([]*system{mesh}, refs...) {
+			if err := b.checkAlive(s); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 
 	// 2. Warm-up (not recorded): connections, pools, certificates, caches.
-	for _, s := range []*system{direct, mesh} {
+	for _, s := range all {
 		if _, err := b.fortioRun(s, time.Second); err != nil {
 			return fmt.Errorf("%s warm-up: %w", s.name, err)
 		}
@@ -413,16 +482,16 @@ func (b *bench) runMain(machine map[string]string, ztCopy string, rounds bool) e
 		}
 	}
 	for r := 1; r <= b.set.Rounds; r++ {
-		order := []*system{direct, mesh}
-		if r%2 == 0 {
-			order = []*system{mesh, direct}
-		}
+		// Rotate the order every round (with two systems: direct, mesh
+		// then mesh, direct).
+		k := (r - 1) % len(all)
+		order := append(append([]*system(nil), all[k:]...), all[:k]...)
 		for _, sc := range scs {
 			for _, s := range order {
 				if err := sc(r, s); err != nil {
 					return err
 				}
-				if err := b.checkAlive(mesh); err != nil {
+				if err := checkAll(); err != nil {
 					return err
 				}
 				sleep(ctx, 500*time.Millisecond)
@@ -433,6 +502,13 @@ func (b *bench) runMain(machine map[string]string, ztCopy string, rounds bool) e
 		rss, _ := procRSSKiB(z.pid())
 		b.rec.add(1, "after_load", "mesh", "rss_mib", z.name(), float64(rss)/1024)
 		b.log("mesh   after load           %s RSS %.1f MiB", z.name(), float64(rss)/1024)
+	}
+	for _, s := range refs {
+		for _, r := range s.refs {
+			rss, _ := procRSSKiB(r.p.pid())
+			b.rec.add(1, "after_load", s.name, "rss_mib", r.name(), float64(rss)/1024)
+			b.log("%-6s after load           %s RSS %.1f MiB", s.name, r.name(), float64(rss)/1024)
+		}
 	}
 
 	// 4. CPU profiles of both ztunnels under each load (separate runs, not
@@ -452,6 +528,11 @@ func (b *bench) checkAlive(s *system) error {
 	for _, z := range s.zts {
 		if z.p.exited() {
 			return fmt.Errorf("%s exited: %v (log: %s)", z.name(), z.p.err, tail(z.p.log.Name()))
+		}
+	}
+	for _, r := range s.refs {
+		if r.p.exited() {
+			return fmt.Errorf("%s exited: %v (log: %s)", r.name(), r.p.err, tail(r.p.log.Name()))
 		}
 	}
 	return nil
@@ -515,11 +596,11 @@ func (b *bench) runIn(ns string, stdout io.Writer, args ...string) error {
 func (b *bench) fortioArgs(s *system, d time.Duration, jsonPath string) []string {
 	return []string{"load", "-qps", "1000", "-c", "16", "-t", d.String(), "-payload-size", "1024",
 		"-r", "0.00001", "-p", "50,90,99,99.9", "-loglevel", "warning", "-json", jsonPath,
-		fmt.Sprintf("http://%s:%d/echo", s.server.IP, fortioPort)}
+		fmt.Sprintf("http://%s:%d/echo", s.dst, fortioPort)}
 }
 
 func (b *bench) iperfArgs(s *system, d time.Duration) []string {
-	return []string{"-c", s.server.IP.String(), "-p", strconv.Itoa(iperfPort), "-t", strconv.Itoa(int(d.Seconds())), "-J"}
+	return []string{"-c", s.dst.String(), "-p", strconv.Itoa(iperfPort), "-t", strconv.Itoa(int(d.Seconds())), "-J"}
 }
 
 func (b *bench) fortioRun(s *system, d time.Duration) (*fortioResult, error) {
@@ -549,7 +630,7 @@ func (b *bench) fortioRun(s *system, d time.Duration) (*fortioResult, error) {
 // sample, and how much CPU the rest of the machine used meanwhile.
 type cpuWatch struct {
 	b     *bench
-	zts   []*ztunnel
+	zts   []watched
 	t0    time.Time
 	ticks []int64
 	busy  int64 // machine busy ticks
@@ -557,13 +638,13 @@ type cpuWatch struct {
 	ours  int64 // this harness, its waited-for children, its live children
 }
 
-func (b *bench) watchCPU(zts []*ztunnel) *cpuWatch {
+func (b *bench) watchCPU(zts []watched) *cpuWatch {
 	w := &cpuWatch{b: b, zts: zts}
 	w.busy, w.steal, _ = machineCPU()
 	w.ours = b.ourTicks()
 	w.t0 = time.Now()
 	for _, z := range zts {
-		t, _ := procCPU(z.pid())
+		t, _ := procCPU(z.pid)
 		w.ticks = append(w.ticks, t)
 	}
 	return w
@@ -592,7 +673,7 @@ func (b *bench) ourTicks() int64 {
 func (w *cpuWatch) stop(round int, scenario, system string) (cpu []float64, wall, other float64) {
 	wall = time.Since(w.t0).Seconds()
 	for i, z := range w.zts {
-		t, _ := procCPU(z.pid())
+		t, _ := procCPU(z.pid)
 		cpu = append(cpu, float64(t-w.ticks[i])/clockTicks)
 	}
 	busy, steal, _ := machineCPU()
@@ -607,7 +688,7 @@ func (w *cpuWatch) stop(round int, scenario, system string) (cpu []float64, wall
 func (b *bench) latency(round int, s *system) error {
 	const sc = "latency_1000rps"
 	t0 := time.Now()
-	w := b.watchCPU(s.zts)
+	w := b.watchCPU(s.watched())
 	r, err := b.fortioRun(s, b.set.LatencyDur)
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", s.name, sc, err)
@@ -627,11 +708,11 @@ func (b *bench) latency(round int, s *system) error {
 	b.rec.add(round, sc, s.name, "actual_qps", "", r.ActualQPS)
 	b.rec.add(round, sc, s.name, "loadavg_1m", "", loadavg1())
 	extra := ""
-	for i, z := range s.zts {
+	for i, z := range s.watched() {
 		per1k := cpu[i] * 1000 / (float64(r.DurationHistogram.Count) / 1000)
-		b.rec.add(round, sc, s.name, "cpu_ms_per_1k_req", z.name(), per1k)
-		b.rec.add(round, sc, s.name, "vcpu", z.name(), cpu[i]/wall)
-		extra += fmt.Sprintf("  %s %.1f ms CPU/1k req", z.node.Name, per1k)
+		b.rec.add(round, sc, s.name, "cpu_ms_per_1k_req", z.name, per1k)
+		b.rec.add(round, sc, s.name, "vcpu", z.name, cpu[i]/wall)
+		extra += fmt.Sprintf("  %s %.1f ms CPU/1k req", z.name, per1k)
 	}
 	b.log("round %d/%d %-6s %-18s p50 %.3f p90 %.3f p99 %.3f p99.9 %.3f ms, %.0f qps%s (%.1fs, outside load %.2f vCPU)",
 		round, b.set.Rounds, s.name, sc, ms[0], ms[1], ms[2], ms[3], r.ActualQPS, extra, time.Since(t0).Seconds(), other)
@@ -641,7 +722,7 @@ func (b *bench) latency(round int, s *system) error {
 func (b *bench) throughput(round int, s *system) error {
 	const sc = "throughput_1stream"
 	t0 := time.Now()
-	w := b.watchCPU(s.zts)
+	w := b.watchCPU(s.watched())
 	var out strings.Builder
 	if err := b.runIn(s.client.NS, &out, append([]string{b.iperf}, b.iperfArgs(s, b.set.ThroughDur)...)...); err != nil {
 		// iperf3 -J reports its errors in the JSON on stdout.
@@ -660,9 +741,9 @@ func (b *bench) throughput(round int, s *system) error {
 	b.rec.add(round, sc, s.name, "retransmits", "", float64(r.End.SumSent.Retransmits))
 	b.rec.add(round, sc, s.name, "loadavg_1m", "", loadavg1())
 	extra := ""
-	for i, z := range s.zts {
-		b.rec.add(round, sc, s.name, "vcpu", z.name(), cpu[i]/wall)
-		extra += fmt.Sprintf("  %s %.2f vCPU", z.node.Name, cpu[i]/wall)
+	for i, z := range s.watched() {
+		b.rec.add(round, sc, s.name, "vcpu", z.name, cpu[i]/wall)
+		extra += fmt.Sprintf("  %s %.2f vCPU", z.name, cpu[i]/wall)
 	}
 	b.log("round %d/%d %-6s %-18s %.2f Gbit/s, %d retransmits%s (%.1fs, outside load %.2f vCPU)",
 		round, b.set.Rounds, s.name, sc, g, r.End.SumSent.Retransmits, extra, time.Since(t0).Seconds(), other)
@@ -672,7 +753,7 @@ func (b *bench) throughput(round int, s *system) error {
 func (b *bench) connRate(round int, s *system) error {
 	const sc = "conn_rate"
 	t0 := time.Now()
-	w := b.watchCPU(s.zts)
+	w := b.watchCPU(s.watched())
 	r, err := b.connRateRun(s, b.set.ConnDur)
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", s.name, sc, err)
@@ -686,12 +767,12 @@ func (b *bench) connRate(round int, s *system) error {
 		b.note("%s %s round %d: %d failed connections (first: %s)", s.name, sc, round, r.Errors, r.FirstError)
 	}
 	extra := ""
-	for i, z := range s.zts {
-		b.rec.add(round, sc, s.name, "vcpu", z.name(), cpu[i]/wall)
+	for i, z := range s.watched() {
+		b.rec.add(round, sc, s.name, "vcpu", z.name, cpu[i]/wall)
 		if r.Conns > 0 {
-			b.rec.add(round, sc, s.name, "cpu_ms_per_1k_conns", z.name(), cpu[i]*1000/(float64(r.Conns)/1000))
+			b.rec.add(round, sc, s.name, "cpu_ms_per_1k_conns", z.name, cpu[i]*1000/(float64(r.Conns)/1000))
 		}
-		extra += fmt.Sprintf("  %s %.2f vCPU", z.node.Name, cpu[i]/wall)
+		extra += fmt.Sprintf("  %s %.2f vCPU", z.name, cpu[i]/wall)
 	}
 	b.log("round %d/%d %-6s %-18s %.0f conns/s, %d errors%s (%.1fs, outside load %.2f vCPU)",
 		round, b.set.Rounds, s.name, sc, rate, r.Errors, extra, time.Since(t0).Seconds(), other)
@@ -701,7 +782,7 @@ func (b *bench) connRate(round int, s *system) error {
 func (b *bench) connRateRun(s *system, d time.Duration) (*connRateResult, error) {
 	var out strings.Builder
 	if err := b.runIn(s.client.NS, &out, b.env.self, "worker", "connrate",
-		"-addr", fmt.Sprintf("%s:%d", s.server.IP, echoPort), "-workers", strconv.Itoa(b.set.ConnWorkers), "-d", d.String()); err != nil {
+		"-addr", fmt.Sprintf("%s:%d", s.dst, echoPort), "-workers", strconv.Itoa(b.set.ConnWorkers), "-d", d.String()); err != nil {
 		return nil, err
 	}
 	var r connRateResult

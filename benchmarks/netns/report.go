@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -118,47 +119,85 @@ func writeReport(path string, rep *Report) error {
 	return os.WriteFile(path, append(b, '\n'), 0o644)
 }
 
-// printTable prints direct and mesh medians side by side, with the added
-// latency or the mesh/direct ratio, and the raw samples.
+// printTable prints the medians of every system side by side (direct,
+// mesh, then the reference systems), with the added latency or the
+// mesh/direct ratio, the mesh/haproxy ratio, and the raw samples.
+// Per-process rows are grouped by node: "ztunnel-node-a" and
+// "haproxy-node-a" share the line "node-a".
 func (r *recorder) printTable(w io.Writer) {
 	r.mu.Lock()
 	order := append([]key(nil), r.order...)
 	r.mu.Unlock()
 	type line struct {
-		scenario, metric, proc string
+		scenario, metric, node string
 	}
 	var lines []line
 	seen := map[line]bool{}
+	systems := []string{"direct", "mesh"}
 	for _, k := range order {
-		l := line{k.scenario, k.metric, k.proc}
+		l := line{k.scenario, k.metric, procNode(k.proc)}
 		if !seen[l] {
 			seen[l] = true
 			lines = append(lines, l)
 		}
+		if k.system != "added" && !slices.Contains(systems, k.system) {
+			systems = append(systems, k.system)
+		}
 	}
-	fmt.Fprintf(w, "\n%-24s %-18s %-16s %10s %10s %12s   %s\n", "scenario", "metric", "proc", "direct", "mesh", "mesh vs dir", "samples (direct | mesh)")
-	fmt.Fprintln(w, strings.Repeat("-", 130))
-	for _, l := range lines {
-		dv := r.values(key{l.scenario, "direct", l.metric, l.proc})
-		mv := r.values(key{l.scenario, "mesh", l.metric, l.proc})
-		ds, ms := "-", "-"
-		if len(dv) > 0 {
-			ds = fmtVal(median(dv))
-		}
-		if len(mv) > 0 {
-			ms = fmtVal(median(mv))
-		}
-		cmp := ""
-		if len(dv) > 0 && len(mv) > 0 {
-			if strings.HasSuffix(l.metric, "_ms") {
-				cmp = fmt.Sprintf("%+.3f ms", median(mv)-median(dv))
-			} else if median(dv) != 0 {
-				cmp = fmt.Sprintf("%.2fx", median(mv)/median(dv))
+	vals := func(l line, system string) []float64 {
+		var vs []float64
+		for _, k := range order {
+			if k.scenario == l.scenario && k.metric == l.metric && k.system == system && procNode(k.proc) == l.node {
+				vs = append(vs, r.values(k)...)
 			}
 		}
-		fmt.Fprintf(w, "%-24s %-18s %-16s %10s %10s %12s   %s | %s\n", l.scenario, l.metric, l.proc, ds, ms, cmp, fmtVals(dv), fmtVals(mv))
+		return vs
+	}
+	fmt.Fprintf(w, "\n%-24s %-19s %-7s", "scenario", "metric", "proc")
+	for _, sy := range systems {
+		fmt.Fprintf(w, " %9s", sy)
+	}
+	fmt.Fprintf(w, " %12s %12s   samples (%s)\n", "mesh vs dir", "mesh/haproxy", strings.Join(systems, " | "))
+	fmt.Fprintln(w, strings.Repeat("-", 150))
+	for _, l := range lines {
+		fmt.Fprintf(w, "%-24s %-19s %-7s", l.scenario, l.metric, l.node)
+		var samples []string
+		med := map[string]float64{}
+		for _, sy := range systems {
+			vs := vals(l, sy)
+			str := "-"
+			if len(vs) > 0 {
+				med[sy] = median(vs)
+				str = fmtVal(med[sy])
+			}
+			fmt.Fprintf(w, " %9s", str)
+			samples = append(samples, fmtVals(vs))
+		}
+		cmp, href := "", ""
+		dv, dok := med["direct"]
+		mv, mok := med["mesh"]
+		if dok && mok {
+			if strings.HasSuffix(l.metric, "_ms") {
+				cmp = fmt.Sprintf("%+.3f ms", mv-dv)
+			} else if dv != 0 {
+				cmp = fmt.Sprintf("%.2fx", mv/dv)
+			}
+		}
+		if hv, ok := med["haproxy"]; ok && mok && hv != 0 {
+			href = fmt.Sprintf("%.2fx", mv/hv)
+		}
+		fmt.Fprintf(w, " %12s %12s   %s\n", cmp, href, strings.Join(samples, " | "))
 	}
 	fmt.Fprintln(w)
+}
+
+// procNode is the node part of a per-process name ("ztunnel-node-a" →
+// "node-a"), so the proxies of all systems share a table line.
+func procNode(proc string) string {
+	if i := strings.Index(proc, "-node-"); i >= 0 {
+		return proc[i+1:]
+	}
+	return proc
 }
 
 func fmtVal(v float64) string {
