@@ -8,7 +8,7 @@ STATICCHECK := $(GOBIN_DIR)/staticcheck
 # Nested modules kept apart so product binaries never pull their heavy deps.
 INTEROP_MODULES := internal/istiointerop
 CMDS := $(shell $(GO) list -f '{{if eq .Name "main"}}{{.ImportPath}}{{end}}' ./... 2>/dev/null)
-TEST_FLAGS ?= -race -shuffle=on -timeout 20m
+TEST_FLAGS ?= -race -shuffle=on -count=1 -timeout 20m
 
 .PHONY: help demo build test test-unit test-allocs test-interop lint fmt bench-smoke bench-netns tools clean
 
