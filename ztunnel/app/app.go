@@ -288,6 +288,19 @@ func (a *App) nodeAuthorizer() ca.Authorizer {
 	})
 }
 
+// forgetIfUnused stops renewing id once no running pod has it, so the
+// manager and the expiry gauge do not keep identities of departed pods.
+func (a *App) forgetIfUnused(id spiffeid.ID) {
+	snap := a.store.Load()
+	for _, uid := range a.pods.UIDs() {
+		if w := snap.WorkloadByUID(uid); w != nil && w.Identity() == id {
+			return
+		}
+	}
+	a.certs.Forget(id)
+	a.metrics.DeleteCertExpiry(id.String())
+}
+
 func (a *App) certsReady() error {
 	exp := a.certs.Expiries()
 	snap := a.store.Load()
@@ -400,6 +413,7 @@ func (a *App) StartPod(ctx context.Context, uid string, ns *inpod.NetNS) (inpod.
 	}
 	podCtx, cancel := context.WithCancel(context.Background())
 	p.cancel = cancel
+	p.stopped = func() { a.forgetIfUnused(id) }
 	p.wg.Add(3)
 	go func() { defer p.wg.Done(); _ = a.out.Serve(podCtx, p.out, w) }()
 	go func() { defer p.wg.Done(); _ = a.in.ServePlaintext(podCtx, p.plain, w) }()

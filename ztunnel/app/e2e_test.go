@@ -465,6 +465,15 @@ func TestMeshReloadAndLifecycle(t *testing.T) {
 	if got := m.apps["node-a"].Pods().NetNS(client.UID); got != nil {
 		t.Fatal("client pod still enrolled after removal")
 	}
+	// Its identity (no other pod has it) is no longer renewed.
+	clientID := m.apps["node-a"].Store().Load().WorkloadByUID(client.UID).Identity()
+	waitUntil(t, "the removed pod's identity to be forgotten", func() bool {
+		_, ok := m.apps["node-a"].certs.Expiries()[clientID]
+		return !ok
+	})
+	if _, ok := m.apps["node-a"].certs.Expiries()[m.apps["node-a"].Store().Load().WorkloadByUID(intruder.UID).Identity()]; !ok {
+		t.Fatal("the intruder pod, still enrolled, lost its certificate")
+	}
 	long.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if _, err := io.ReadAll(long); err != nil {
 		var ne net.Error

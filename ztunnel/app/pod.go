@@ -16,6 +16,8 @@ type podRun struct {
 	conns             connSet
 	cancel            context.CancelFunc
 	wg                sync.WaitGroup
+	// stopped runs after the pod is gone (forget its identity if unused).
+	stopped func()
 }
 
 func (p *podRun) closeListeners() {
@@ -38,6 +40,9 @@ func (p *podRun) Stop(ctx context.Context) error {
 	p.conns.closeAll()
 	p.cancel()
 	p.wg.Wait()
+	if p.stopped != nil {
+		p.stopped()
+	}
 	return err
 }
 
