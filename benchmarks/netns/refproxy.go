@@ -19,6 +19,7 @@ import (
 	"text/template"
 	"time"
 
+	"github.com/strait-mesh/strait/internal/haproxyhbone"
 	"github.com/strait-mesh/strait/internal/meshtest"
 )
 
@@ -149,14 +150,9 @@ func (b *bench) startRef(s *system, bin string, certs *refCerts) error {
 	var cfgA, cfgB []string // argument lists, node-a then node-b
 	switch s.name {
 	case "haproxy":
-		for _, f := range []string{"hbone_client.lua", "hbone_server.lua"} {
-			data, err := refFiles.ReadFile("refproxy/" + f)
-			if err != nil {
-				return err
-			}
-			if err := os.WriteFile(filepath.Join(dir, f), data, 0o644); err != nil {
-				return err
-			}
+		lua, err := haproxyhbone.Write(dir)
+		if err != nil {
+			return err
 		}
 		type port struct {
 			Port      int
@@ -167,7 +163,7 @@ func (b *bench) startRef(s *system, bin string, certs *refCerts) error {
 			ports = append(ports, port{p, fmt.Sprintf("%s:%d", s.server.IP, p)})
 		}
 		data := map[string]any{
-			"ClientLua": filepath.Join(dir, "hbone_client.lua"), "ServerLua": filepath.Join(dir, "hbone_server.lua"),
+			"ClientLua": lua.Client, "ServerLua": lua.Server,
 			"Listen": na.Gateway.String(), "Ports": ports, "Loop": fmt.Sprintf("strait-bench-%d-a", os.Getpid()),
 			"Peer": fmt.Sprintf("%s:%d", nb.IP, hbonePort), "Cert": certs.ClientPEM, "CA": certs.CA,
 		}
@@ -176,7 +172,7 @@ func (b *bench) startRef(s *system, bin string, certs *refCerts) error {
 			return err
 		}
 		data = map[string]any{
-			"ServerLua": filepath.Join(dir, "hbone_server.lua"), "Listen": fmt.Sprintf("%s:%d", nb.IP, hbonePort),
+			"ServerLua": lua.Server, "Listen": fmt.Sprintf("%s:%d", nb.IP, hbonePort),
 			"Loop": fmt.Sprintf("strait-bench-%d-b", os.Getpid()), "Cert": certs.ServerPEM, "CA": certs.CA,
 		}
 		bcfg, err := writeTemplate(dir, "haproxy-server.cfg", data)

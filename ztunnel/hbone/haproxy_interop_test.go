@@ -27,6 +27,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/strait-mesh/strait/identity/identitytest"
+	"github.com/strait-mesh/strait/internal/haproxyhbone"
 	"github.com/strait-mesh/strait/ztunnel/hbone"
 )
 
@@ -279,10 +280,11 @@ func startHaproxy(t *testing.T, svid *x509svid.SVID, trust *identitytest.CA, pee
 	t.Helper()
 	bin := haproxyBinary(t)
 	dir := t.TempDir()
-	lua, err := filepath.Abs(filepath.Join("testdata", "haproxy", "hbone.lua"))
+	luaFiles, err := haproxyhbone.Write(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
+	lua := luaFiles.Client
 
 	var certPEM []byte
 	for _, c := range svid.Certificates {

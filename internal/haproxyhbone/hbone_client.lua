@@ -1,4 +1,4 @@
--- HBONE client glue for stock haproxy 2.6, used by haproxy_interop_test.go.
+-- HBONE client glue for stock haproxy 2.6 (interop tests and the benchmark harness).
 --
 -- haproxy relays an HTTP/1 CONNECT onto an HTTP/2 CONNECT over mTLS by
 -- itself, but cannot start a CONNECT for a plain TCP client. These two
