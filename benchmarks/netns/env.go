@@ -29,7 +29,7 @@ const tmpPrefix = "strait-bench-netns-"
 
 var staleTmp = regexp.MustCompile(`^` + tmpPrefix + `([0-9]+)-[0-9]+$`)
 
-var staleNS = regexp.MustCompile(`^` + nsPrefix + `[dmlhs]([0-9]+)(sw|n[0-9]+|p[0-9]+)$`)
+var staleNS = regexp.MustCompile(`^` + nsPrefix + `[dmlhsi]([0-9]+)(sw|n[0-9]+|p[0-9]+)$`)
 
 // spec is the same for both systems: node-a with the client pod, node-b
 // with the server pod.
@@ -151,11 +151,18 @@ func (e *env) start(name, ns string, stdin io.Reader, stdout io.Writer, args ...
 	return p, nil
 }
 
+// nsLetter tells the systems' namespaces apart: snb<letter><pid>...
+var nsLetter = map[string]byte{sysDirect: 'd', sysStrait: 'm', scLimit: 'l', "haproxy": 'h', "stunnel": 's', "istio-go": 'i'}
+
 // build makes one topology. Both systems get the same shape and the same
 // pod sysctls: a wide ephemeral port range and tcp_tw_reuse, so the
 // connection-rate loop never runs out of ports.
 func (e *env) build(system string) (*meshtest.Topology, error) {
-	t, err := meshtest.Build(fmt.Sprintf("%s%c%d", nsPrefix, system[0], os.Getpid()), spec)
+	letter, ok := nsLetter[system]
+	if !ok {
+		return nil, fmt.Errorf("no namespace letter for system %q", system)
+	}
+	t, err := meshtest.Build(fmt.Sprintf("%s%c%d", nsPrefix, letter, os.Getpid()), spec)
 	if t != nil || err == nil {
 		e.mu.Lock()
 		e.topos = append(e.topos, t)
@@ -179,8 +186,68 @@ func (e *env) build(system string) (*meshtest.Topology, error) {
 
 // ztunnel is one node's proxy.
 type ztunnel struct {
-	node *meshtest.Node
-	p    *proc
+	node  *meshtest.Node
+	p     *proc
+	ready *upWatch // process start → /healthz/ready answers 200
+}
+
+// upWatch measures how long a freshly started proxy takes to become
+// ready: it polls probe every 2 ms from the moment the process started
+// until probe succeeds (or 30 s pass).
+type upWatch struct {
+	done chan struct{}
+	d    time.Duration
+	err  error
+}
+
+func watchUp(ctx context.Context, started time.Time, probe func(context.Context) bool) *upWatch {
+	w := &upWatch{done: make(chan struct{})}
+	go func() {
+		defer close(w.done)
+		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		for {
+			if probe(ctx) {
+				w.d = time.Since(started)
+				return
+			}
+			select {
+			case <-ctx.Done():
+				w.err = fmt.Errorf("not ready after %v", time.Since(started).Round(time.Millisecond))
+				return
+			case <-time.After(2 * time.Millisecond):
+			}
+		}
+	}()
+	return w
+}
+
+// wait returns the time to ready.
+func (w *upWatch) wait() (time.Duration, error) {
+	<-w.done
+	return w.d, w.err
+}
+
+// httpReady probes http://addr/healthz/ready inside ns.
+func httpReady(ns, addr string) func(context.Context) bool {
+	return func(ctx context.Context) bool {
+		_, code, err := meshtest.Get(ctx, ns, addr, "/healthz/ready", time.Second)
+		return err == nil && code == 200
+	}
+}
+
+// tcpUp probes that addr accepts connections inside ns.
+func tcpUp(ns, addr string) func(context.Context) bool {
+	return func(ctx context.Context) bool {
+		ctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		c, err := meshtest.DialIn(ctx, ns, addr)
+		if err != nil {
+			return false
+		}
+		c.Close()
+		return true
+	}
 }
 
 // startMesh runs a ztunnel per node of t, plays the node agent and
@@ -206,10 +273,12 @@ func (e *env) startMesh(ctx context.Context, t *meshtest.Topology, bin, logLevel
 			"-config", cfg, "-node", n.Name, "-ca-dir", filepath.Join(e.dir, tag+"ca"), "-zds-socket", sock,
 			"-admin-addr", "127.0.0.1:15000", "-ready-addr", "127.0.0.1:15021", "-metrics-addr", "127.0.0.1:15020",
 			"-drain-grace", "2s", "-log-level", logLevel}, extra[n.Name]...)
+		started := time.Now()
 		p, err := e.start(tag+"ztunnel-"+n.Name, n.NS, nil, nil, args...)
 		if err != nil {
 			return nil, err
 		}
+		ready := watchUp(ctx, started, httpReady(n.NS, "127.0.0.1:15021"))
 		wctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 		err = agent.WaitProxy(wctx)
 		if err == nil {
@@ -231,10 +300,10 @@ func (e *env) startMesh(ctx context.Context, t *meshtest.Topology, bin, logLevel
 		if c := procComm(p.pid()); c != filepath.Base(bin)[:min(15, len(filepath.Base(bin)))] {
 			return nil, fmt.Errorf("ztunnel on %s: pid %d is %q, not the proxy (ip netns exec forked?)", n.Name, p.pid(), c)
 		}
-		zts = append(zts, &ztunnel{node: n, p: p})
+		zts = append(zts, &ztunnel{node: n, p: p, ready: ready})
 	}
 	for _, z := range zts {
-		if err := meshtest.WaitReady(ctx, z.node.NS, "127.0.0.1:15021"); err != nil {
+		if _, err := z.ready.wait(); err != nil {
 			return nil, fmt.Errorf("ztunnel on %s not ready: %w (log: %s)", z.node.Name, err, tail(z.p.log.Name()))
 		}
 	}

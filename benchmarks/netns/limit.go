@@ -40,7 +40,7 @@ const (
 // stays bounded": a third topology of the same shape whose node-a
 // ztunnel runs with -max-conns LimitMax; the client pod attempts
 // LimitTries connections through it, in batches, holding the accepted
-// ones. Recorded (scenario "limit", system "mesh", proc ztunnel-node-a
+// ones. Recorded (scenario "limit", system "strait", proc ztunnel-node-a
 // where per-process): accepted and refused counts, the refusal latency,
 // the ztunnel's connection_limit counter, RSS idle / at the limit / after
 // the refused attempts / after closing everything, goroutines, and
@@ -76,8 +76,8 @@ func (b *bench) limit(bin string) error {
 	b.log("limit  topology: client %s (netns %s) → server %s; ztunnel node-a pid %d with -max-conns %d (open files %s), node-b pid %d",
 		s.client.IP, s.client.NS, s.server.IP, za.pid(), maxConns, procNoFile(za.pid()), zts[1].pid())
 
-	rec := func(metric string, v float64) { b.rec.add(1, sc, "mesh", metric, "", v) }
-	recZ := func(metric string, v float64) { b.rec.add(1, sc, "mesh", metric, za.name(), v) }
+	rec := func(metric string, v float64) { b.rec.add(1, sc, sysStrait, metric, "", v) }
+	recZ := func(metric string, v float64) { b.rec.add(1, sc, sysStrait, metric, za.name(), v) }
 	snap := func(label string) (rssMiB float64, g int, err error) {
 		kib, err := procRSSKiB(za.pid())
 		if err != nil {

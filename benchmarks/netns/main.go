@@ -1,45 +1,44 @@
-// Command netns measures the ztunnel node proxy on a real two-node
-// network-namespace topology and compares it, in the same run, with the
-// same client and server talking directly (no mesh).
+// Command netns is the benchmark harness: it measures Strait's ztunnel
+// and reference systems on the same two-node network-namespace topology,
+// in the same run, so that a noisy machine still gives honest ratios.
 //
-// Two topologies of identical shape are built with internal/meshtest:
-// node-a holds a client pod, node-b a server pod. In "direct" nothing is
-// enrolled and no proxy runs. In "mesh" a ztunnel process runs in each
-// node namespace, both pods are enrolled (redirection rules + netns handed
-// over ZDS by the harness, which plays the node agent), and traffic
-// travels client → ztunnel-a → HBONE (mTLS, HTTP/2) → ztunnel-b → server.
+// Topologies of identical shape are built with internal/meshtest, one per
+// system: node-a holds a client pod, node-b a server pod. Systems:
 //
-// Scenarios, interleaved direct/mesh and repeated -rounds times (medians
-// reported):
+//   - direct: nothing enrolled, no proxy (the physical limit);
+//   - strait: a ztunnel process in each node namespace, both pods
+//     enrolled (redirection rules + netns handed over ZDS by the harness,
+//     which plays the node agent): client → ztunnel-a → HBONE (mTLS,
+//     HTTP/2 CONNECT) → ztunnel-b → server;
+//   - haproxy, stunnel, istio-go: reference proxy pairs (refproxy.go),
+//     pods not enrolled, the client connecting to node-a's proxy.
 //
-//   - latency_1000rps: fortio load -qps 1000 -c 16 -payload-size 1024
-//     against fortio server; p50/p90/p99/p99.9, and each ztunnel's CPU
-//     (utime+stime from /proc) per 1000 requests;
-//   - throughput_1stream: iperf3 -c, one TCP stream, Gbit/s;
-//   - conn_rate: a new TCP connection per request (connect, 1-byte echo,
+// Scenarios (JSON names), interleaved across the systems and repeated
+// -rounds times, medians reported:
+//
+//   - latency-1000rps, latency-max: fortio, 16 connections, 1 KiB, at
+//     1000 req/s and at the maximum rate; p50/p90/p99/p99.9, req/s and
+//     each proxy's CPU (utime+stime from /proc) per 1000 requests;
+//   - throughput-1, throughput-8: iperf3, one and eight TCP streams;
+//   - churn: a new TCP connection per request (connect, 1-byte echo,
 //     close with SO_LINGER 0), -conn-workers parallel loops;
 //
-// and once, mesh only: each ztunnel's VmRSS idle after enrollment and
-// with 1000 and 5000 idle tunneled connections held open; and "limit", on
-// a separate mesh whose node-a ztunnel runs with -max-conns 5000: 10 000
-// connection attempts, the ones beyond the limit refused cleanly (reset,
-// counted, no hang) with node-a's memory bounded (limit.go).
-//
-// With -systems (default all), two reference systems join the rounds on
-// topologies of the same shape, pods not enrolled, the client connecting
-// to node-a's proxy explicitly: haproxy 2.6 as an HBONE peer pair (HTTP/2
-// CONNECT over TLS 1.3 mTLS) and stunnel4 as a plain TLS 1.3 tunnel pair
-// (refproxy.go); a missing binary skips its system with a note.
+// and once per proxied system: ready (process start → ready), idle (RSS
+// with nothing open), idle-10k (RSS with 10 000 idle connections held,
+// KiB per connection); and "limit", on a separate strait mesh whose
+// node-a ztunnel runs with -max-conns 5000: 10 000 connection attempts,
+// the ones beyond the limit refused cleanly (limit.go).
 //
 // Usage (root; `make build` first for bin/ztunnel):
 //
-//	go run ./benchmarks/netns -out benchmarks/results/netns.json
-//	go run ./benchmarks/netns -quick
+//	go run ./benchmarks/netns -out benchmarks/results/latest.json   # make bench
+//	go run ./benchmarks/netns -quick                                # ~1 s per scenario
 //	go run ./benchmarks/netns -only limit
 //
-// Everything it creates (namespaces, links, rules, processes, temporary
-// files) is removed on exit and on Ctrl-C; a run killed with SIGKILL
-// leaves namespaces named snb[dm]<pid>..., which the next run deletes.
+// Writing to latest.json also keeps a dated copy beside it. Everything it
+// creates (namespaces, links, rules, processes, temporary files) is
+// removed on exit and on Ctrl-C; a run killed with SIGKILL leaves
+// namespaces named snb<letter><pid>..., which the next run deletes.
 package main
 
 import (
@@ -74,6 +73,31 @@ const (
 	echoPort   = 9000
 )
 
+// System and scenario names, as they appear in the JSON and the report.
+const (
+	sysDirect = "direct"
+	sysStrait = "strait"
+
+	scReady      = "ready"           // process start → ready
+	scIdle       = "idle"            // proxy RSS with no connection
+	scLatency    = "latency-1000rps" // fortio, 1000 req/s, 16 connections, 1 KiB
+	scLatencyMax = "latency-max"     // fortio at max rate, 16 connections, 1 KiB
+	scThrough1   = "throughput-1"    // iperf3, one stream
+	scThrough8   = "throughput-8"    // iperf3, eight streams
+	scChurn      = "churn"           // a new TCP connection per request
+	scAfterLoad  = "after-load"      // proxy RSS after the rounds
+	scLimit      = "limit"           // 10 000 connections against -max-conns 5000
+)
+
+// idleScenario names the idle-connections scenario for n connections:
+// "idle-10k" for 10 000, "idle-200" for 200.
+func idleScenario(n int) string {
+	if n >= 1000 && n%1000 == 0 {
+		return fmt.Sprintf("idle-%dk", n/1000)
+	}
+	return fmt.Sprintf("idle-%d", n)
+}
+
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "worker" {
 		if err := runWorker(os.Args[2:]); err != nil {
@@ -86,29 +110,30 @@ func main() {
 }
 
 type settings struct {
-	Quick       bool          `json:"quick"`
-	Rounds      int           `json:"rounds"`
-	LatencyDur  time.Duration `json:"-"`
-	ThroughDur  time.Duration `json:"-"`
-	ConnDur     time.Duration `json:"-"`
-	IdleConns   []int         `json:"idle_conns"`
-	ConnWorkers int           `json:"conn_workers"`
-	Profile     bool          `json:"profile"`
-	ZtunnelBin  string        `json:"ztunnel_bin"`
-	ZtunnelLog  string        `json:"ztunnel_log_level"`
-	FortioArgs  []string      `json:"fortio_load_args"`
-	IperfArgs   []string      `json:"iperf3_client_args"`
-	Only        []string      `json:"only,omitempty"`
-	LimitMax    int           `json:"limit_max_conns"`
-	LimitTries  int           `json:"limit_attempts"`
-	Systems     []string      `json:"systems"`
+	Quick         bool          `json:"quick"`
+	Rounds        int           `json:"rounds"`
+	LatencyDur    time.Duration `json:"-"`
+	LatencyMaxDur time.Duration `json:"-"`
+	ThroughDur    time.Duration `json:"-"`
+	ConnDur       time.Duration `json:"-"`
+	IdleConns     []int         `json:"idle_conns"`
+	ConnWorkers   int           `json:"conn_workers"`
+	Profile       bool          `json:"profile"`
+	ZtunnelBin    string        `json:"ztunnel_bin"`
+	ZtunnelLog    string        `json:"ztunnel_log_level"`
+	FortioArgs    []string      `json:"fortio_load_args"`
+	IperfArgs     []string      `json:"iperf3_client_args"`
+	Only          []string      `json:"only,omitempty"`
+	LimitMax      int           `json:"limit_max_conns"`
+	LimitTries    int           `json:"limit_attempts"`
+	Systems       []string      `json:"systems"`
 }
 
 // allSystems are the names -systems accepts.
-var allSystems = append([]string{"direct", "mesh"}, refSystems...)
+var allSystems = append([]string{sysDirect, sysStrait}, refSystems...)
 
 // scenarios are the names -only accepts.
-var scenarios = []string{"idle", "latency", "throughput", "conn_rate", "limit"}
+var scenarios = []string{"ready", "idle", "latency", "throughput", "churn", "limit"}
 
 // want reports whether scenario sc runs (every one without -only).
 func (s *settings) want(sc string) bool {
@@ -173,13 +198,13 @@ func run() (code int) {
 	ztBin := flag.String("ztunnel", "bin/ztunnel", "ztunnel binary (`make build`)")
 	fortioBin := flag.String("fortio", "", "fortio "+fortioVersion+" binary (default: GOPATH/bin or PATH, installed with go install if missing)")
 	workers := flag.Int("conn-workers", 64, "parallel loops of the connection-rate client")
-	idle := flag.String("idle-conns", "", "idle tunneled connection counts for the RSS scenario, cumulative (default 1000,5000; 200 with -quick)")
+	idle := flag.String("idle-conns", "", "idle tunneled connection counts for the RSS scenario, cumulative (default 10000; 200 with -quick)")
 	noProfile := flag.Bool("no-profile", false, "skip the CPU profiles of the ztunnels (always skipped with -quick)")
 	ztLog := flag.String("ztunnel-log-level", "info", "ztunnel -log-level")
 	only := flag.String("only", "", "run only these scenarios, comma-separated: "+strings.Join(scenarios, ","))
 	limitMax := flag.Int("limit-max-conns", 0, "limit scenario: node-a ztunnel -max-conns (default 5000; 200 with -quick)")
 	limitTries := flag.Int("limit-attempts", 0, "limit scenario: connections attempted through it (default 10000; 400 with -quick)")
-	systemsFlag := flag.String("systems", strings.Join(allSystems, ","), "systems compared in the rounds (direct and mesh always run; a reference system whose binary is missing is skipped with a note)")
+	systemsFlag := flag.String("systems", strings.Join(allSystems, ","), "systems compared (a reference system whose binary is missing is skipped with a note)")
 	flag.Parse()
 
 	b := &bench{start: time.Now(), rec: newRecorder(), profs: map[string]string{}, fortio: *fortioBin}
@@ -187,11 +212,13 @@ func run() (code int) {
 		fmt.Fprintln(os.Stderr, "benchmarks/netns: must run as root (it builds network namespaces, installs nftables rules and runs ztunnel in them); try: sudo go run ./benchmarks/netns -quick")
 		return 2
 	}
-	set := settings{Quick: *quick, Rounds: 3, LatencyDur: 10 * time.Second, ThroughDur: 10 * time.Second, ConnDur: 5 * time.Second,
-		IdleConns: []int{1000, 5000}, ConnWorkers: *workers, Profile: !*noProfile && !*quick, ZtunnelLog: *ztLog}
+	set := settings{Quick: *quick, Rounds: 3, LatencyDur: 10 * time.Second, LatencyMaxDur: 5 * time.Second,
+		ThroughDur: 5 * time.Second, ConnDur: 5 * time.Second,
+		IdleConns: []int{10000}, ConnWorkers: *workers, Profile: !*noProfile && !*quick, ZtunnelLog: *ztLog}
 	set.LimitMax, set.LimitTries = 5000, 10000
 	if *quick {
-		set.Rounds, set.LatencyDur, set.ThroughDur, set.ConnDur, set.IdleConns = 1, 2*time.Second, 2*time.Second, time.Second, []int{200}
+		// About a second per scenario: keeps the harness working (CI).
+		set.Rounds, set.LatencyDur, set.LatencyMaxDur, set.ThroughDur, set.ConnDur, set.IdleConns = 1, time.Second, time.Second, time.Second, time.Second, []int{200}
 		set.LimitMax, set.LimitTries = 200, 400
 	}
 	if *limitMax > 0 {
@@ -304,6 +331,14 @@ func run() (code int) {
 			return 1
 		}
 		b.log("wrote %s", *out)
+		if filepath.Base(*out) == "latest.json" {
+			dated := filepath.Join(filepath.Dir(*out), fmt.Sprintf("%s-%s.json", b.start.UTC().Format("2006-01-02T1504Z"), gitShort()))
+			if err := writeReport(dated, rep); err != nil {
+				fmt.Fprintln(os.Stderr, "benchmarks/netns:", err)
+				return 1
+			}
+			b.log("wrote %s", dated)
+		}
 	}
 	return 0
 }
@@ -328,8 +363,8 @@ func (b *bench) runAll() (*Report, error) {
 	}
 	// The main mesh (and its servers, which need fortio and iperf3) only
 	// when a scenario other than limit runs; direct only with the rounds.
-	rounds := b.set.want("latency") || b.set.want("throughput") || b.set.want("conn_rate")
-	mainMesh := rounds || b.set.want("idle")
+	rounds := b.set.want("latency") || b.set.want("throughput") || b.set.want("churn")
+	mainMesh := rounds || b.set.want("idle") || b.set.want("ready")
 	var err error
 	if mainMesh {
 		if b.fortio, err = ensureFortio(ctx, b.fortio, b.log); err != nil {
@@ -372,18 +407,20 @@ func (b *bench) runAll() (*Report, error) {
 	machine["loadavg_end"] = readTrim("/proc/loadavg")
 	return &Report{
 		Started: b.start.UTC().Format(time.RFC3339), Seconds: time.Since(b.start).Seconds(), Quick: b.set.Quick,
-		Machine: machine, Settings: b.settingsMap(), Rows: b.rec.rows(), Samples: b.rec.samples, Notes: b.notes, Profiles: b.profs,
+		Host: machine, Systems: b.rec.systems(), Settings: b.settingsMap(), Rows: b.rec.rows(), Samples: b.rec.samples,
+		Distributions: b.rec.distributions(), Notes: b.notes, Profiles: b.profs,
 	}, nil
 }
 
-// runMain runs every scenario but limit on the direct and mesh topologies.
+// runMain runs every scenario but limit on the direct, strait and
+// reference topologies.
 func (b *bench) runMain(machine map[string]string, ztCopy string, rounds bool) error {
 	ctx := b.ctx
-	// Two topologies of the same shape; all addresses live in their own
-	// namespaces, so both can use 10.201.x.y.
-	names := []string{"mesh"}
+	// Topologies of the same shape; all addresses live in their own
+	// namespaces, so every system can use 10.201.x.y.
+	names := []string{sysStrait}
 	if rounds {
-		names = []string{"direct", "mesh"}
+		names = []string{sysDirect, sysStrait}
 	}
 	var direct, mesh *system
 	for _, name := range names {
@@ -396,60 +433,72 @@ func (b *bench) runMain(machine map[string]string, ztCopy string, rounds bool) e
 		if err := b.startServers(s, true); err != nil {
 			return fmt.Errorf("%s servers: %w", name, err)
 		}
-		if name == "direct" {
+		if name == sysDirect {
 			direct = s
 		} else {
 			mesh = s
 		}
-		b.log("%-6s topology: client %s (netns %s, node-a) → server %s (netns %s, node-b)", name, s.client.IP, s.client.NS, s.server.IP, s.server.NS)
+		b.log("%-8s topology: client %s (netns %s, node-a) → server %s (netns %s, node-b)", name, s.client.IP, s.client.NS, s.server.IP, s.server.NS)
 	}
-	b.set.FortioArgs = b.fortioArgs(mesh, b.set.LatencyDur, "OUT.json")
-	b.set.IperfArgs = b.iperfArgs(mesh, b.set.ThroughDur)
+	b.set.FortioArgs = b.fortioArgs(mesh, b.set.LatencyDur, 1000, "OUT.json")
+	b.set.IperfArgs = b.iperfArgs(mesh, b.set.ThroughDur, 1)
 	zts, err := b.env.startMesh(ctx, mesh.topo, ztCopy, b.set.ZtunnelLog, "", nil)
 	if err != nil {
 		return err
 	}
 	mesh.zts = zts
 	for _, z := range zts {
-		b.log("mesh   ztunnel %s pid %d, client and server pods enrolled", z.node.Name, z.pid())
+		b.log("%-8s ztunnel %s pid %d, client and server pods enrolled", sysStrait, z.node.Name, z.pid())
 	}
 	machine["redirect_backend"] = b.env.agnts[0].Backend().Kind().String()
+	refs, err := b.startRefs(machine)
+	if err != nil {
+		return err
+	}
+	proxied := append([]*system{mesh}, refs...)
+	if !slices.Contains(b.set.Systems, sysStrait) {
+		proxied = refs
+	}
 
-	// 1. RSS idle after enrollment, then with idle tunneled connections.
+	// 1. Time to ready, RSS idle, then with idle connections held.
+	for _, s := range proxied {
+		b.recordReady(s)
+	}
 	sleep(ctx, 2*time.Second)
 	idle := map[string]int64{}
-	for _, z := range mesh.zts {
-		rss, err := procRSSKiB(z.pid())
-		if err != nil {
-			return err
+	for _, s := range proxied {
+		for _, w := range s.watched() {
+			rss, err := procRSSKiB(w.pid)
+			if err != nil {
+				return err
+			}
+			idle[w.name] = rss
+			b.rec.add(1, scIdle, s.name, "rss_mib", w.name, float64(rss)/1024)
+			b.log("%-8s idle                 %s pid %d RSS %.1f MiB, %d fds", s.name, w.name, w.pid, float64(rss)/1024, procFDs(w.pid))
 		}
-		idle[z.name()] = rss
-		b.rec.add(1, "idle", "mesh", "rss_mib", z.name(), float64(rss)/1024)
-		g := b.goroutines(z)
-		b.rec.add(1, "idle", "mesh", "goroutines", z.name(), float64(g))
-		b.memStats(z, 1, "idle")
-		b.log("mesh   idle                 %s RSS %.1f MiB, %d fds, %d goroutines", z.name(), float64(rss)/1024, procFDs(z.pid()), g)
+		for _, z := range s.zts {
+			b.rec.add(1, scIdle, s.name, "goroutines", z.name(), float64(b.goroutines(z)))
+			b.memStats(z, 1, scIdle)
+		}
 	}
 	if b.set.want("idle") {
-		if err := b.idleConns(mesh, idle); err != nil {
-			return err
+		for _, s := range proxied {
+			if err := b.idleConns(s, idle); err != nil {
+				if s.name == sysStrait {
+					return err
+				}
+				b.note("%s: idle connections: %v", s.name, err)
+			}
 		}
 	}
 	if !rounds {
 		return nil
 	}
-	refs, err := b.startRefs(machine)
-	if err != nil {
-		return err
-	}
 	var all []*system
-	if slices.Contains(b.set.Systems, "direct") {
+	if slices.Contains(b.set.Systems, sysDirect) {
 		all = append(all, direct)
 	}
-	if slices.Contains(b.set.Systems, "mesh") {
-		all = append(all, mesh)
-	}
-	all = append(all, refs...)
+	all = append(all, proxied...)
 	if len(all) == 0 {
 		return errors.New("-systems: no system left to measure")
 	}
@@ -464,26 +513,24 @@ func (b *bench) runMain(machine map[string]string, ztCopy string, rounds bool) e
 
 	// 2. Warm-up (not recorded): connections, pools, certificates, caches.
 	for _, s := range all {
-		if _, err := b.fortioRun(s, time.Second); err != nil {
+		if _, err := b.fortioRun(s, time.Second, 1000); err != nil {
 			return fmt.Errorf("%s warm-up: %w", s.name, err)
 		}
 	}
 	b.log("warm-up done (1 s of fortio load on each system)")
 
-	// 3. Rounds, interleaved; the order flips every round so drift in the
-	// machine's load does not favour one system.
+	// 3. Rounds, interleaved; the order rotates every round so drift in
+	// the machine's load does not favour one system.
 	var scs []func(int, *system) error
 	for _, sc := range []struct {
 		name string
 		run  func(int, *system) error
-	}{{"latency", b.latency}, {"throughput", b.throughput}, {"conn_rate", b.connRate}} {
+	}{{"latency", b.latency}, {"throughput", b.throughput}, {"churn", b.connRate}} {
 		if b.set.want(sc.name) {
 			scs = append(scs, sc.run)
 		}
 	}
 	for r := 1; r <= b.set.Rounds; r++ {
-		// Rotate the order every round (with two systems: direct, mesh
-		// then mesh, direct).
 		k := (r - 1) % len(all)
 		order := append(append([]*system(nil), all[k:]...), all[:k]...)
 		for _, sc := range scs {
@@ -498,16 +545,11 @@ func (b *bench) runMain(machine map[string]string, ztCopy string, rounds bool) e
 			}
 		}
 	}
-	for _, z := range mesh.zts {
-		rss, _ := procRSSKiB(z.pid())
-		b.rec.add(1, "after_load", "mesh", "rss_mib", z.name(), float64(rss)/1024)
-		b.log("mesh   after load           %s RSS %.1f MiB", z.name(), float64(rss)/1024)
-	}
-	for _, s := range refs {
-		for _, r := range s.refs {
-			rss, _ := procRSSKiB(r.p.pid())
-			b.rec.add(1, "after_load", s.name, "rss_mib", r.name(), float64(rss)/1024)
-			b.log("%-6s after load           %s RSS %.1f MiB", s.name, r.name(), float64(rss)/1024)
+	for _, s := range proxied {
+		for _, w := range s.watched() {
+			rss, _ := procRSSKiB(w.pid)
+			b.rec.add(1, scAfterLoad, s.name, "rss_mib", w.name, float64(rss)/1024)
+			b.log("%-8s after load           %s RSS %.1f MiB", s.name, w.name, float64(rss)/1024)
 		}
 	}
 
@@ -519,6 +561,33 @@ func (b *bench) runMain(machine map[string]string, ztCopy string, rounds bool) e
 		}
 	}
 	return ctx.Err()
+}
+
+// recordReady records each proxy's time from process start to ready.
+func (b *bench) recordReady(s *system) {
+	type named struct {
+		name string
+		w    *upWatch
+	}
+	var ws []named
+	for _, z := range s.zts {
+		ws = append(ws, named{z.name(), z.ready})
+	}
+	for _, r := range s.refs {
+		ws = append(ws, named{r.name(), r.ready})
+	}
+	for _, n := range ws {
+		if n.w == nil {
+			continue
+		}
+		d, err := n.w.wait()
+		if err != nil {
+			b.note("%s: %v", n.name, err)
+			continue
+		}
+		b.rec.add(1, scReady, s.name, "ready_ms", n.name, float64(d.Microseconds())/1000)
+		b.log("%-8s ready                %s %.1f ms after start", s.name, n.name, float64(d.Microseconds())/1000)
+	}
 }
 
 func (z *ztunnel) name() string { return "ztunnel-" + z.node.Name }
@@ -543,8 +612,9 @@ func (b *bench) settingsMap() map[string]any {
 	j, _ := json.Marshal(b.set)
 	json.Unmarshal(j, &m)
 	m["latency_seconds"] = b.set.LatencyDur.Seconds()
+	m["latency_max_seconds"] = b.set.LatencyMaxDur.Seconds()
 	m["throughput_seconds"] = b.set.ThroughDur.Seconds()
-	m["conn_rate_seconds"] = b.set.ConnDur.Seconds()
+	m["churn_seconds"] = b.set.ConnDur.Seconds()
 	return m
 }
 
@@ -593,23 +663,35 @@ func (b *bench) runIn(ns string, stdout io.Writer, args ...string) error {
 	return nil
 }
 
-func (b *bench) fortioArgs(s *system, d time.Duration, jsonPath string) []string {
-	return []string{"load", "-qps", "1000", "-c", "16", "-t", d.String(), "-payload-size", "1024",
-		"-r", "0.00001", "-p", "50,90,99,99.9", "-loglevel", "warning", "-json", jsonPath,
+// distPercentiles are the latency percentiles fortio reports: the four
+// of the tables plus enough points to draw the distribution.
+var distPercentiles = []float64{10, 25, 50, 75, 90, 95, 99, 99.5, 99.9, 99.99}
+
+// fortioArgs is a fortio load of 16 connections with 1 KiB payloads at
+// qps requests per second (0: as fast as it can).
+func (b *bench) fortioArgs(s *system, d time.Duration, qps int, jsonPath string) []string {
+	ps := make([]string, len(distPercentiles))
+	for i, p := range distPercentiles {
+		ps[i] = strconv.FormatFloat(p, 'f', -1, 64)
+	}
+	return []string{"load", "-qps", strconv.Itoa(qps), "-c", "16", "-t", d.String(), "-payload-size", "1024",
+		"-r", "0.00001", "-p", strings.Join(ps, ","), "-loglevel", "warning", "-json", jsonPath,
 		fmt.Sprintf("http://%s:%d/echo", s.dst, fortioPort)}
 }
 
-func (b *bench) iperfArgs(s *system, d time.Duration) []string {
-	return []string{"-c", s.dst.String(), "-p", strconv.Itoa(iperfPort), "-t", strconv.Itoa(int(d.Seconds())), "-J"}
+// iperfArgs is an iperf3 client run of `streams` parallel TCP streams.
+func (b *bench) iperfArgs(s *system, d time.Duration, streams int) []string {
+	return []string{"-c", s.dst.String(), "-p", strconv.Itoa(iperfPort), "-t", strconv.Itoa(max(1, int(d.Seconds()))),
+		"-P", strconv.Itoa(streams), "-J"}
 }
 
-func (b *bench) fortioRun(s *system, d time.Duration) (*fortioResult, error) {
+func (b *bench) fortioRun(s *system, d time.Duration, qps int) (*fortioResult, error) {
 	f, err := os.CreateTemp(b.env.dir, "fortio-*.json")
 	if err != nil {
 		return nil, err
 	}
 	f.Close()
-	if err := b.runIn(s.client.NS, io.Discard, append([]string{b.fortio}, b.fortioArgs(s, d, f.Name())...)...); err != nil {
+	if err := b.runIn(s.client.NS, io.Discard, append([]string{b.fortio}, b.fortioArgs(s, d, qps, f.Name())...)...); err != nil {
 		return nil, err
 	}
 	raw, err := os.ReadFile(f.Name())
@@ -685,11 +767,18 @@ func (w *cpuWatch) stop(round int, scenario, system string) (cpu []float64, wall
 	return cpu, wall, other
 }
 
+// latency runs fortio at 1000 req/s, then at its maximum rate.
 func (b *bench) latency(round int, s *system) error {
-	const sc = "latency_1000rps"
+	if err := b.latencyAt(round, s, scLatency, 1000, b.set.LatencyDur); err != nil {
+		return err
+	}
+	return b.latencyAt(round, s, scLatencyMax, 0, b.set.LatencyMaxDur)
+}
+
+func (b *bench) latencyAt(round int, s *system, sc string, qps int, d time.Duration) error {
 	t0 := time.Now()
 	w := b.watchCPU(s.watched())
-	r, err := b.fortioRun(s, b.set.LatencyDur)
+	r, err := b.fortioRun(s, d, qps)
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", s.name, sc, err)
 	}
@@ -705,26 +794,41 @@ func (b *bench) latency(round int, s *system) error {
 	for i, m := range []string{"p50_ms", "p90_ms", "p99_ms", "p999_ms"} {
 		b.rec.add(round, sc, s.name, m, "", ms[i])
 	}
-	b.rec.add(round, sc, s.name, "actual_qps", "", r.ActualQPS)
+	var pts []DistPoint
+	for _, p := range distPercentiles {
+		if v, ok := r.percentileMS(p); ok {
+			pts = append(pts, DistPoint{Percentile: p, MS: round4(v)})
+		}
+	}
+	b.rec.addDist(round, sc, s.name, ms[2], pts)
+	b.rec.add(round, sc, s.name, "rps", "", r.ActualQPS)
 	b.rec.add(round, sc, s.name, "loadavg_1m", "", loadavg1())
 	extra := ""
+	reqs := float64(r.DurationHistogram.Count)
 	for i, z := range s.watched() {
-		per1k := cpu[i] * 1000 / (float64(r.DurationHistogram.Count) / 1000)
+		per1k := cpu[i] * 1000 / (reqs / 1000)
 		b.rec.add(round, sc, s.name, "cpu_ms_per_1k_req", z.name, per1k)
 		b.rec.add(round, sc, s.name, "vcpu", z.name, cpu[i]/wall)
 		extra += fmt.Sprintf("  %s %.1f ms CPU/1k req", z.name, per1k)
 	}
-	b.log("round %d/%d %-6s %-18s p50 %.3f p90 %.3f p99 %.3f p99.9 %.3f ms, %.0f qps%s (%.1fs, outside load %.2f vCPU)",
+	b.log("round %d/%d %-8s %-16s p50 %.3f p90 %.3f p99 %.3f p99.9 %.3f ms, %.0f req/s%s (%.1fs, outside load %.2f vCPU)",
 		round, b.set.Rounds, s.name, sc, ms[0], ms[1], ms[2], ms[3], r.ActualQPS, extra, time.Since(t0).Seconds(), other)
 	return nil
 }
 
+// throughput runs iperf3 with one stream, then with eight.
 func (b *bench) throughput(round int, s *system) error {
-	const sc = "throughput_1stream"
+	if err := b.throughputN(round, s, scThrough1, 1); err != nil {
+		return err
+	}
+	return b.throughputN(round, s, scThrough8, 8)
+}
+
+func (b *bench) throughputN(round int, s *system, sc string, streams int) error {
 	t0 := time.Now()
 	w := b.watchCPU(s.watched())
 	var out strings.Builder
-	if err := b.runIn(s.client.NS, &out, append([]string{b.iperf}, b.iperfArgs(s, b.set.ThroughDur)...)...); err != nil {
+	if err := b.runIn(s.client.NS, &out, append([]string{b.iperf}, b.iperfArgs(s, b.set.ThroughDur, streams)...)...); err != nil {
 		// iperf3 -J reports its errors in the JSON on stdout.
 		if r, perr := parseIperf([]byte(out.String())); perr != nil || r == nil {
 			return fmt.Errorf("%s %s: %w (%v)", s.name, sc, err, perr)
@@ -745,13 +849,13 @@ func (b *bench) throughput(round int, s *system) error {
 		b.rec.add(round, sc, s.name, "vcpu", z.name, cpu[i]/wall)
 		extra += fmt.Sprintf("  %s %.2f vCPU", z.name, cpu[i]/wall)
 	}
-	b.log("round %d/%d %-6s %-18s %.2f Gbit/s, %d retransmits%s (%.1fs, outside load %.2f vCPU)",
+	b.log("round %d/%d %-8s %-16s %.2f Gbit/s, %d retransmits%s (%.1fs, outside load %.2f vCPU)",
 		round, b.set.Rounds, s.name, sc, g, r.End.SumSent.Retransmits, extra, time.Since(t0).Seconds(), other)
 	return nil
 }
 
 func (b *bench) connRate(round int, s *system) error {
-	const sc = "conn_rate"
+	sc := scChurn
 	t0 := time.Now()
 	w := b.watchCPU(s.watched())
 	r, err := b.connRateRun(s, b.set.ConnDur)
@@ -792,16 +896,17 @@ func (b *bench) connRateRun(s *system, d time.Duration) (*connRateResult, error)
 	return &r, nil
 }
 
-// idleConns opens idle tunneled connections in steps (cumulative) and
-// reads each ztunnel's RSS with them held.
+// idleConns opens idle connections through a system's proxies in steps
+// (cumulative) and reads each proxy's RSS with them held; idle holds each
+// proxy's RSS before, in KiB.
 func (b *bench) idleConns(s *system, idle map[string]int64) error {
 	if len(b.set.IdleConns) == 0 {
 		return nil
 	}
 	pr, pw := io.Pipe()
 	var outBuf safeLines
-	p, err := b.env.start("hold", s.client.NS, pr, &outBuf, b.env.self, "worker", "hold",
-		"-addr", fmt.Sprintf("%s:%d", s.server.IP, echoPort))
+	p, err := b.env.start(s.name+"-hold", s.client.NS, pr, &outBuf, b.env.self, "worker", "hold",
+		"-addr", fmt.Sprintf("%s:%d", s.dst, echoPort))
 	if err != nil {
 		return err
 	}
@@ -813,6 +918,7 @@ func (b *bench) idleConns(s *system, idle map[string]int64) error {
 		case <-time.After(10 * time.Second):
 			p.cmd.Process.Kill()
 		}
+		sleep(b.ctx, time.Second) // let the proxies see the closes before the next system
 	}()
 	prev, prevRSS := 0, map[string]int64{}
 	for k, v := range idle {
@@ -821,35 +927,38 @@ func (b *bench) idleConns(s *system, idle map[string]int64) error {
 	for _, n := range b.set.IdleConns {
 		t0 := time.Now()
 		fmt.Fprintf(pw, "open %d\n", n-prev)
-		line, err := outBuf.wait(b.ctx, p, 120*time.Second)
+		line, err := outBuf.wait(b.ctx, p, 180*time.Second)
 		if err != nil {
 			return fmt.Errorf("idle connections: %w (log: %s)", err, tail(p.log.Name()))
 		}
 		if !strings.HasPrefix(line, "ok ") {
 			return fmt.Errorf("idle connections: opening %d: %s", n, line)
 		}
-		sc := fmt.Sprintf("idle_conns_%d", n)
+		sc := idleScenario(n)
 		sleep(b.ctx, 3*time.Second) // let the proxies settle (goroutines parked, buffers released)
-		for _, z := range s.zts {
-			rss, err := procRSSKiB(z.pid())
+		for _, w := range s.watched() {
+			rss, err := procRSSKiB(w.pid)
 			if err != nil {
 				return err
 			}
-			per := float64(rss-idle[z.name()]) / float64(n)
-			b.rec.add(1, sc, "mesh", "rss_mib", z.name(), float64(rss)/1024)
-			b.rec.add(1, sc, "mesh", "rss_kib_per_conn", z.name(), per)
+			per := float64(rss-idle[w.name]) / float64(n)
+			b.rec.add(1, sc, s.name, "rss_mib", w.name, float64(rss)/1024)
+			b.rec.add(1, sc, s.name, "rss_kib_per_conn", w.name, per)
 			msg := ""
 			if prev > 0 {
-				marg := float64(rss-prevRSS[z.name()]) / float64(n-prev)
-				b.rec.add(1, fmt.Sprintf("idle_conns_%d_to_%d", prev, n), "mesh", "rss_kib_per_conn", z.name(), marg)
+				marg := float64(rss-prevRSS[w.name]) / float64(n-prev)
+				b.rec.add(1, fmt.Sprintf("%s-to-%s", idleScenario(prev), idleScenario(n)), s.name, "rss_kib_per_conn", w.name, marg)
 				msg = fmt.Sprintf(", marginal %.1f KiB/conn from %d", marg, prev)
 			}
-			prevRSS[z.name()] = rss
+			prevRSS[w.name] = rss
+			b.log("%-8s %-20s %s RSS %.1f MiB, %.1f KiB/conn over idle%s, %d fds (%.1fs)",
+				s.name, sc, w.name, float64(rss)/1024, per, msg, procFDs(w.pid), time.Since(t0).Seconds())
+		}
+		for _, z := range s.zts {
 			g := b.goroutines(z)
-			b.rec.add(1, sc, "mesh", "goroutines", z.name(), float64(g))
+			b.rec.add(1, sc, s.name, "goroutines", z.name(), float64(g))
 			b.memStats(z, 1, sc)
-			b.log("mesh   %-20s %s RSS %.1f MiB, %.1f KiB/conn over idle%s, %d fds, %d goroutines (%.1fs)",
-				sc, z.name(), float64(rss)/1024, per, msg, procFDs(z.pid()), g, time.Since(t0).Seconds())
+			b.log("%-8s %-20s %s %d goroutines", s.name, sc, z.name(), g)
 			if b.set.Profile && n == b.set.IdleConns[len(b.set.IdleConns)-1] {
 				if err := b.heapProfile(z, sc); err != nil {
 					b.note("heap profile of %s: %v", z.name(), err)
@@ -938,7 +1047,7 @@ func (b *bench) memStats(z *ztunnel, round int, scenario string) {
 		name, val, ok := strings.Cut(line, " ")
 		if m, hit := want[name]; ok && hit {
 			if v, err := strconv.ParseFloat(strings.TrimSpace(val), 64); err == nil {
-				b.rec.add(round, scenario, "mesh", m, z.name(), v/(1<<20))
+				b.rec.add(round, scenario, sysStrait, m, z.name(), v/(1<<20))
 			}
 		}
 	}
@@ -1002,11 +1111,11 @@ func (b *bench) profiles(s *system) error {
 		run  func() error
 	}
 	loads := []load{
-		{"latency_1000rps", b.set.LatencyDur, func() error { _, err := b.fortioRun(s, b.set.LatencyDur); return err }},
-		{"throughput_1stream", b.set.ThroughDur, func() error {
-			return b.runIn(s.client.NS, io.Discard, append([]string{b.iperf}, b.iperfArgs(s, b.set.ThroughDur)...)...)
+		{scLatency, b.set.LatencyDur, func() error { _, err := b.fortioRun(s, b.set.LatencyDur, 1000); return err }},
+		{scThrough1, b.set.ThroughDur, func() error {
+			return b.runIn(s.client.NS, io.Discard, append([]string{b.iperf}, b.iperfArgs(s, b.set.ThroughDur, 1)...)...)
 		}},
-		{"conn_rate", b.set.ConnDur, func() error { _, err := b.connRateRun(s, b.set.ConnDur); return err }},
+		{scChurn, b.set.ConnDur, func() error { _, err := b.connRateRun(s, b.set.ConnDur); return err }},
 	}
 	for _, l := range loads {
 		secs := int(l.d.Seconds()) - 1
@@ -1137,4 +1246,13 @@ func sleep(ctx context.Context, d time.Duration) {
 	case <-ctx.Done():
 	case <-time.After(d):
 	}
+}
+
+// gitShort is the short commit of the working tree ("nogit" outside one).
+func gitShort() string {
+	out, err := exec.Command("git", "rev-parse", "--short", "HEAD").Output()
+	if err != nil {
+		return "nogit"
+	}
+	return strings.TrimSpace(string(out))
 }

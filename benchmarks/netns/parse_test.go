@@ -71,26 +71,59 @@ func TestMedianAndRows(t *testing.T) {
 	}
 	r := newRecorder()
 	for i, v := range []float64{0.30, 0.20, 0.25} {
-		r.add(i+1, "latency_1000rps", "direct", "p99_ms", "", v)
+		r.add(i+1, scLatency, "direct", "p99_ms", "", v)
 	}
 	for i, v := range []float64{0.50, 0.40, 0.45} {
-		r.add(i+1, "latency_1000rps", "mesh", "p99_ms", "", v)
+		r.add(i+1, scLatency, sysStrait, "p99_ms", "", v)
+	}
+	// Per-process values get a headline row: CPU summed over the proxies,
+	// memory and time to ready the largest.
+	for i, v := range []float64{10, 30, 20} {
+		r.add(i+1, scLatency, sysStrait, "cpu_ms_per_1k_req", "ztunnel-node-a", v)
+		r.add(i+1, scLatency, sysStrait, "cpu_ms_per_1k_req", "ztunnel-node-b", v+5)
+		r.add(i+1, scIdle, sysStrait, "rss_mib", "ztunnel-node-a", v)
+		r.add(i+1, scIdle, sysStrait, "rss_mib", "ztunnel-node-b", v+5)
+	}
+	r.add(1, scLatency, sysStrait, "goroutines", "ztunnel-node-a", 7) // no headline for this one
+	type k struct{ sc, sys, metric, proc string }
+	want := map[k]float64{
+		{scLatency, "direct", "p99_ms", ""}:                           0.25,
+		{scLatency, sysStrait, "p99_ms", ""}:                          0.45,
+		{scLatency, sysStrait, "cpu_ms_per_1k_req", "ztunnel-node-a"}: 20,
+		{scLatency, sysStrait, "cpu_ms_per_1k_req", "ztunnel-node-b"}: 25,
+		{scLatency, sysStrait, "cpu_ms_per_1k_req", ""}:               45,
+		{scIdle, sysStrait, "rss_mib", "ztunnel-node-a"}:              20,
+		{scIdle, sysStrait, "rss_mib", "ztunnel-node-b"}:              25,
+		{scIdle, sysStrait, "rss_mib", ""}:                            25,
+		{scLatency, sysStrait, "goroutines", "ztunnel-node-a"}:        7,
 	}
 	rows := r.rows()
-	want := map[string]float64{"direct": 0.25, "mesh": 0.45, "added": 0.2}
 	if len(rows) != len(want) {
 		t.Fatalf("rows = %+v", rows)
 	}
 	for _, row := range rows {
-		if math.Abs(row.Value-want[row.System]) > 1e-9 || row.Metric != "p99_ms" || row.Round != 0 {
-			t.Fatalf("row %+v, want value %v", row, want[row.System])
+		w, ok := want[k{row.Scenario, row.System, row.Metric, row.Proc}]
+		if !ok || math.Abs(row.Value-w) > 1e-9 || row.Round != 0 {
+			t.Fatalf("row %+v, want value %v (known: %v)", row, w, ok)
 		}
+	}
+}
+
+func TestDistributionsPickMedianRound(t *testing.T) {
+	r := newRecorder()
+	for i, p99 := range []float64{3, 1, 2} {
+		r.addDist(i+1, scLatency, sysStrait, p99, []DistPoint{{Percentile: 99, MS: p99}})
+	}
+	r.addDist(1, scLatency, sysDirect, 0.5, nil)
+	ds := r.distributions()
+	if len(ds) != 2 || ds[0].System != sysStrait || ds[0].Round != 3 || ds[1].System != sysDirect || ds[1].Round != 1 {
+		t.Fatalf("distributions = %+v", ds)
 	}
 }
 
 func TestStaleNamePattern(t *testing.T) {
 	for name, want := range map[string]bool{
-		"snbd123sw": true, "snbm123n0": true, "snbm123p1": true,
+		"snbd123sw": true, "snbm123n0": true, "snbm123p1": true, "snbi123p1": true,
 		"sd123sw": false, "snbx123sw": false, "snbl123p1": true, "snbd123": false, "snbd123p": false,
 	} {
 		if got := staleNS.MatchString(name); got != want {

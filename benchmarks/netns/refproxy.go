@@ -45,9 +45,10 @@ var refSystems = []string{"haproxy", "stunnel"}
 
 // refProxy is one reference proxy process.
 type refProxy struct {
-	kind string // haproxy, stunnel
-	node *meshtest.Node
-	p    *proc
+	kind  string // haproxy, stunnel
+	node  *meshtest.Node
+	p     *proc
+	ready *upWatch // process start → its listener accepts
 }
 
 func (r *refProxy) name() string { return r.kind + "-" + r.node.Name }
@@ -206,19 +207,29 @@ func (b *bench) startRef(s *system, bin string, certs *refCerts) error {
 		return fmt.Errorf("unknown reference system %q", s.name)
 	}
 	// node-b first, so node-a's proxy finds its peer.
+	listenB := fmt.Sprintf("%s:%d", nb.IP, hbonePort)
+	if s.name == "stunnel" {
+		listenB = fmt.Sprintf("%s:%d", nb.IP, stunnelBase)
+	}
 	for _, st := range []struct {
-		node *meshtest.Node
-		args []string
+		node   *meshtest.Node
+		args   []string
+		listen string // where it accepts once up
 	}{
-		{nb, cfgB},
-		{na, cfgA},
+		{nb, cfgB, listenB},
+		{na, cfgA, fmt.Sprintf("%s:%d", na.Gateway, serverPorts[0])},
 	} {
 		r := &refProxy{kind: s.name, node: st.node}
+		started := time.Now()
 		p, err := b.env.start(r.name(), st.node.NS, nil, nil, st.args...)
 		if err != nil {
 			return err
 		}
 		r.p = p
+		r.ready = watchUp(b.ctx, started, tcpUp(st.node.NS, st.listen))
+		if _, err := r.ready.wait(); err != nil {
+			return fmt.Errorf("%s: %w (log: %s)", r.name(), err, tail(p.log.Name()))
+		}
 		s.refs = append(s.refs, r)
 	}
 	for _, r := range s.refs {
@@ -261,8 +272,7 @@ func writeTemplate(dir, name string, data any) (string, error) {
 }
 
 // startRefs builds the topology of every reference system chosen with
-// -systems whose binary is present, starts its servers and proxies, and
-// records the proxies' idle RSS.
+// -systems whose binary is present and starts its servers and proxies.
 func (b *bench) startRefs(machine map[string]string) ([]*system, error) {
 	var refs []*system
 	var certs *refCerts
@@ -302,17 +312,6 @@ func (b *bench) startRefs(machine map[string]string) ([]*system, error) {
 		b.log("%-6s topology: client %s (netns %s) → %s %s:{%d,%d,%d} (node-a) → node-b → server %s", name, s.client.IP, s.client.NS,
 			name, s.dst, fortioPort, iperfPort, echoPort, s.server.IP)
 		refs = append(refs, s)
-	}
-	sleep(b.ctx, 2*time.Second)
-	for _, s := range refs {
-		for _, r := range s.refs {
-			rss, err := procRSSKiB(r.p.pid())
-			if err != nil {
-				return nil, err
-			}
-			b.rec.add(1, "idle", s.name, "rss_mib", r.name(), float64(rss)/1024)
-			b.log("%-6s idle                 %s pid %d RSS %.1f MiB, %d fds", s.name, r.name(), r.p.pid(), float64(rss)/1024, procFDs(r.p.pid()))
-		}
 	}
 	return refs, nil
 }

@@ -26,12 +26,64 @@ type Row struct {
 
 type key struct{ scenario, system, metric, proc string }
 
+// DistPoint is one point of a latency distribution.
+type DistPoint struct {
+	Percentile float64 `json:"percentile"`
+	MS         float64 `json:"ms"`
+}
+
+// Dist is the latency distribution of one system in one scenario: the
+// round whose p99 is the median of the rounds' p99s.
+type Dist struct {
+	Scenario string      `json:"scenario"`
+	System   string      `json:"system"`
+	Round    int         `json:"round"`
+	Points   []DistPoint `json:"points"`
+}
+
+type distSample struct {
+	Dist
+	p99 float64
+}
+
 // recorder collects samples in order.
 type recorder struct {
 	mu      sync.Mutex
 	samples []Row
 	order   []key
 	seen    map[key]bool
+	dists   []distSample
+}
+
+// addDist records one round's latency distribution.
+func (r *recorder) addDist(round int, scenario, system string, p99 float64, pts []DistPoint) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.dists = append(r.dists, distSample{Dist{scenario, system, round, pts}, p99})
+}
+
+// distributions picks, per scenario and system, the round with the
+// median p99 (the lower middle one for an even count).
+func (r *recorder) distributions() []Dist {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	type sk struct{ scenario, system string }
+	var order []sk
+	by := map[sk][]distSample{}
+	for _, d := range r.dists {
+		k := sk{d.Scenario, d.System}
+		if _, ok := by[k]; !ok {
+			order = append(order, k)
+		}
+		by[k] = append(by[k], d)
+	}
+	var out []Dist
+	for _, k := range order {
+		ds := append([]distSample(nil), by[k]...)
+		sort.SliceStable(ds, func(i, j int) bool { return ds[i].p99 < ds[j].p99 })
+		out = append(out, ds[(len(ds)-1)/2].Dist)
+	}
+	return out
 }
 
 func newRecorder() *recorder { return &recorder{seen: map[key]bool{}} }
@@ -69,43 +121,75 @@ func median(vs []float64) float64 {
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
-// rows are the medians, plus "added" rows (mesh − direct medians) for
-// the latency percentiles.
+// rows are the medians of every key, plus a headline row (no proc) for
+// each per-process metric that has none: the sum over the system's
+// proxies for CPU (the cost of a request through both nodes), the
+// largest for memory and time to ready (the worst node).
 func (r *recorder) rows() []Row {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var out []Row
+	type hk struct{ scenario, system, metric string }
+	var horder []hk
+	per := map[hk][]float64{}
 	for _, k := range r.order {
-		out = append(out, Row{Scenario: k.scenario, System: k.system, Metric: k.metric, Proc: k.proc, Value: round4(median(r.values(k)))})
+		m := round4(median(r.values(k)))
+		out = append(out, Row{Scenario: k.scenario, System: k.system, Metric: k.metric, Proc: k.proc, Value: m})
+		if k.proc == "" {
+			continue
+		}
+		h := hk{k.scenario, k.system, k.metric}
+		if _, ok := per[h]; !ok {
+			horder = append(horder, h)
+		}
+		per[h] = append(per[h], m)
 	}
-	for _, k := range r.order {
-		if k.system != "mesh" || !strings.HasSuffix(k.metric, "_ms") {
+	for _, h := range horder {
+		if r.seen[key{h.scenario, h.system, h.metric, ""}] {
 			continue
 		}
-		d := key{k.scenario, "direct", k.metric, k.proc}
-		if !r.seen[d] {
+		v, ok := headline(h.metric, per[h])
+		if !ok {
 			continue
 		}
-		out = append(out, Row{Scenario: k.scenario, System: "added", Metric: k.metric, Proc: k.proc,
-			Value: round4(median(r.values(k)) - median(r.values(d)))})
+		out = append(out, Row{Scenario: h.scenario, System: h.system, Metric: h.metric, Value: round4(v)})
 	}
 	return out
 }
 
+// headline combines per-process medians into one value per system.
+func headline(metric string, vs []float64) (float64, bool) {
+	switch metric {
+	case "cpu_ms_per_1k_req", "cpu_ms_per_1k_conns", "vcpu":
+		var sum float64
+		for _, v := range vs {
+			sum += v
+		}
+		return sum, true
+	case "rss_mib", "rss_kib_per_conn", "ready_ms":
+		return slices.Max(vs), true
+	}
+	return 0, false
+}
+
 func round4(v float64) float64 { return math.Round(v*1e4) / 1e4 }
 
-// Report is the JSON file.
+// Report is the JSON file (benchmarks/results/latest.json), read by
+// benchmarks/report to regenerate docs/benchmarks.md. Rows are medians
+// over the rounds; rows without proc are the headline values.
 type Report struct {
-	Command  string            `json:"command"`
-	Started  string            `json:"started"`
-	Seconds  float64           `json:"seconds"`
-	Quick    bool              `json:"quick"`
-	Machine  map[string]string `json:"machine"`
-	Settings map[string]any    `json:"settings"`
-	Rows     []Row             `json:"rows"`
-	Samples  []Row             `json:"samples"`
-	Notes    []string          `json:"notes,omitempty"`
-	Profiles map[string]string `json:"profiles,omitempty"`
+	Command       string            `json:"command"`
+	Started       string            `json:"started"`
+	Seconds       float64           `json:"seconds"`
+	Quick         bool              `json:"quick"`
+	Host          map[string]string `json:"host"`
+	Systems       []string          `json:"systems"`
+	Settings      map[string]any    `json:"settings"`
+	Rows          []Row             `json:"rows"`
+	Samples       []Row             `json:"samples"`
+	Distributions []Dist            `json:"distributions,omitempty"`
+	Notes         []string          `json:"notes,omitempty"`
+	Profiles      map[string]string `json:"profiles,omitempty"`
 }
 
 func writeReport(path string, rep *Report) error {
@@ -133,7 +217,7 @@ func (r *recorder) printTable(w io.Writer) {
 	}
 	var lines []line
 	seen := map[line]bool{}
-	systems := []string{"direct", "mesh"}
+	systems := []string{"direct", sysStrait}
 	for _, k := range order {
 		l := line{k.scenario, k.metric, procNode(k.proc)}
 		if !seen[l] {
@@ -157,7 +241,7 @@ func (r *recorder) printTable(w io.Writer) {
 	for _, sy := range systems {
 		fmt.Fprintf(w, " %9s", sy)
 	}
-	fmt.Fprintf(w, " %12s %12s   samples (%s)\n", "mesh vs dir", "mesh/haproxy", strings.Join(systems, " | "))
+	fmt.Fprintf(w, " %12s %12s   samples (%s)\n", "strait vs dir", "strait/hapx", strings.Join(systems, " | "))
 	fmt.Fprintln(w, strings.Repeat("-", 150))
 	for _, l := range lines {
 		fmt.Fprintf(w, "%-24s %-19s %-7s", l.scenario, l.metric, l.node)
@@ -175,7 +259,7 @@ func (r *recorder) printTable(w io.Writer) {
 		}
 		cmp, href := "", ""
 		dv, dok := med["direct"]
-		mv, mok := med["mesh"]
+		mv, mok := med[sysStrait]
 		if dok && mok {
 			if strings.HasSuffix(l.metric, "_ms") {
 				cmp = fmt.Sprintf("%+.3f ms", mv-dv)
@@ -217,4 +301,17 @@ func fmtVals(vs []float64) string {
 		s[i] = fmtVal(v)
 	}
 	return strings.Join(s, " ")
+}
+
+// systems lists the systems that have rows, in the order first seen.
+func (r *recorder) systems() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for _, k := range r.order {
+		if !slices.Contains(out, k.system) {
+			out = append(out, k.system)
+		}
+	}
+	return out
 }
