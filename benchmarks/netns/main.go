@@ -866,6 +866,10 @@ func (b *bench) connRate(round int, s *system) error {
 	rate := float64(r.Conns) / r.Seconds
 	b.rec.add(round, sc, s.name, "conns_per_s", "", rate)
 	b.rec.add(round, sc, s.name, "errors", "", float64(r.Errors))
+	if r.Conns > 0 {
+		b.rec.add(round, sc, s.name, "p50_ms", "", r.P50MS)
+		b.rec.add(round, sc, s.name, "p99_ms", "", r.P99MS)
+	}
 	b.rec.add(round, sc, s.name, "loadavg_1m", "", loadavg1())
 	if r.Errors > 0 {
 		b.note("%s %s round %d: %d failed connections (first: %s)", s.name, sc, round, r.Errors, r.FirstError)
@@ -878,8 +882,8 @@ func (b *bench) connRate(round int, s *system) error {
 		}
 		extra += fmt.Sprintf("  %s %.2f vCPU", z.name, cpu[i]/wall)
 	}
-	b.log("round %d/%d %-6s %-18s %.0f conns/s, %d errors%s (%.1fs, outside load %.2f vCPU)",
-		round, b.set.Rounds, s.name, sc, rate, r.Errors, extra, time.Since(t0).Seconds(), other)
+	b.log("round %d/%d %-8s %-16s %.0f conns/s, p50 %.2f p99 %.2f ms, %d errors%s (%.1fs, outside load %.2f vCPU)",
+		round, b.set.Rounds, s.name, sc, rate, r.P50MS, r.P99MS, r.Errors, extra, time.Since(t0).Seconds(), other)
 	return nil
 }
 

@@ -41,7 +41,12 @@ const (
 )
 
 // refSystems are the reference systems -systems accepts.
-var refSystems = []string{"haproxy", "stunnel"}
+var refSystems = []string{"haproxy", "stunnel", "istio-go"}
+
+// istioRelayModule is the nested module with Istio's Go HBONE relay
+// (internal/istiointerop/cmd/istio-hbone-relay), relative to the
+// repository root the harness runs from.
+const istioRelayModule = "internal/istiointerop"
 
 // refProxy is one reference proxy process.
 type refProxy struct {
@@ -183,6 +188,14 @@ func (b *bench) startRef(s *system, bin string, certs *refCerts) error {
 		// -db: foreground, no master process, so the pid is the proxy.
 		cfgA = []string{bin, "-db", "-f", a}
 		cfgB = []string{bin, "-db", "-f", bcfg}
+	case "istio-go":
+		var routes []string
+		for _, p := range serverPorts {
+			routes = append(routes, fmt.Sprintf("%s:%d=%s:%d", na.Gateway, p, s.server.IP, p))
+		}
+		cfgB = []string{bin, "-mode", "server", "-listen", fmt.Sprintf("%s:%d", nb.IP, hbonePort), "-cert", certs.ServerPEM, "-ca", certs.CA}
+		cfgA = []string{bin, "-mode", "client", "-listen", strings.Join(routes, ","), "-peer", fmt.Sprintf("%s:%d", nb.IP, hbonePort),
+			"-cert", certs.ClientPEM, "-ca", certs.CA}
 	case "stunnel":
 		common := "foreground = yes\npid =\nsyslog = no\ndebug = 3\nsocket = l:TCP_NODELAY=1\nsocket = r:TCP_NODELAY=1\n"
 		tls := "sslVersionMin = TLSv1.3\nCAfile = %s\nverifyChain = yes\ncert = %s\n"
@@ -281,6 +294,13 @@ func (b *bench) startRefs(machine map[string]string) ([]*system, error) {
 			continue
 		}
 		bin := refBinary(name)
+		if name == "istio-go" {
+			var err error
+			if bin, err = b.buildIstioRelay(); err != nil {
+				b.note("reference system istio-go skipped: %v", err)
+				continue
+			}
+		}
 		if bin == "" {
 			pkg := map[string]string{"haproxy": "haproxy", "stunnel": "stunnel4"}[name]
 			b.note("reference system %s skipped: binary not found (apt-get install %s)", name, pkg)
@@ -291,6 +311,8 @@ func (b *bench) startRefs(machine map[string]string) ([]*system, error) {
 			machine[name] = toolVersion(b.ctx, bin, "-v")
 		case "stunnel":
 			machine[name] = toolVersion(b.ctx, bin, "-version")
+		case "istio-go":
+			machine[name] = istioModuleVersion()
 		}
 		if certs == nil {
 			var err error
@@ -314,4 +336,33 @@ func (b *bench) startRefs(machine map[string]string) ([]*system, error) {
 		refs = append(refs, s)
 	}
 	return refs, nil
+}
+
+// buildIstioRelay builds Istio's Go HBONE relay from the nested module
+// (which pins istio.io/istio) into the run's directory.
+func (b *bench) buildIstioRelay() (string, error) {
+	if _, err := os.Stat(filepath.Join(istioRelayModule, "go.mod")); err != nil {
+		return "", fmt.Errorf("%s not found (run from the repository root): %w", istioRelayModule, err)
+	}
+	out := filepath.Join(b.env.dir, "istio-hbone-relay")
+	b.log("building Istio's Go HBONE relay (%s/cmd/istio-hbone-relay)", istioRelayModule)
+	cmd := exec.CommandContext(b.ctx, "go", "build", "-C", istioRelayModule, "-o", out, "./cmd/istio-hbone-relay")
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build: %w: %s", err, lastLines(msg, 5))
+	}
+	return out, nil
+}
+
+// istioModuleVersion is the istio.io/istio version the relay module pins.
+func istioModuleVersion() string {
+	mod, err := os.ReadFile(filepath.Join(istioRelayModule, "go.mod"))
+	if err != nil {
+		return "unknown"
+	}
+	for _, l := range strings.Split(string(mod), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "istio.io/istio" {
+			return "istio.io/istio " + f[1] + " pkg/hbone"
+		}
+	}
+	return "unknown"
 }

@@ -104,7 +104,14 @@ func toolVersion(ctx context.Context, name string, args ...string) string {
 	if err != nil {
 		return "unknown"
 	}
-	return strings.SplitN(strings.TrimSpace(string(out)), "\n", 2)[0]
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	// stunnel starts with "Initializing inetd mode configuration".
+	for _, l := range lines {
+		if strings.HasPrefix(strings.ToLower(l), strings.ToLower(filepath.Base(name))[:min(5, len(filepath.Base(name)))]) {
+			return l
+		}
+	}
+	return lines[0]
 }
 
 // fortioResult is the part of `fortio load -json` the harness reads.

@@ -13,6 +13,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -90,6 +91,11 @@ type connRateResult struct {
 	Errors     int64   `json:"errors"`
 	Seconds    float64 `json:"seconds"`
 	FirstError string  `json:"first_error,omitempty"`
+	// Latency of the successful connections (connect, echo, close), ms.
+	P50MS  float64 `json:"p50_ms"`
+	P90MS  float64 `json:"p90_ms"`
+	P99MS  float64 `json:"p99_ms"`
+	P999MS float64 `json:"p999_ms"`
 }
 
 // workerConnRate opens a new TCP connection per request: connect, write
@@ -108,25 +114,33 @@ func workerConnRate(args []string) error {
 	start := time.Now()
 	deadline := start.Add(*d)
 	var wg sync.WaitGroup
-	for range *workers {
+	lat := make([][]float64, *workers) // per worker, ms
+	for i := range *workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			var b [1]byte
 			dialer := net.Dialer{Timeout: 3 * time.Second}
 			for time.Now().Before(deadline) {
+				t0 := time.Now()
 				if err := oneConn(&dialer, *addr, b[:]); err != nil {
 					errs.Add(1)
 					firstErr.CompareAndSwap(nil, err.Error())
 					time.Sleep(time.Millisecond)
 					continue
 				}
+				lat[i] = append(lat[i], float64(time.Since(t0).Microseconds())/1000)
 				conns.Add(1)
 			}
 		}()
 	}
 	wg.Wait()
 	r := connRateResult{Conns: conns.Load(), Errors: errs.Load(), Seconds: time.Since(start).Seconds()}
+	all := slices.Concat(lat...)
+	slices.Sort(all)
+	if len(all) > 0 {
+		r.P50MS, r.P90MS, r.P99MS, r.P999MS = pct(all, 50), pct(all, 90), pct(all, 99), pct(all, 99.9)
+	}
 	if s, ok := firstErr.Load().(string); ok {
 		r.FirstError = s
 	}
