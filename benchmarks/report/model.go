@@ -17,14 +17,14 @@ var (
 
 // scenarioDesc is the one-line description printed under each scenario.
 var scenarioDesc = map[string]string{
-	"throughput-1":    "iperf3, one TCP stream, 10 s, Gbit/s received.",
-	"throughput-8":    "iperf3, eight parallel TCP streams, 10 s, Gbit/s received.",
-	"latency-1000rps": "fortio, HTTP/1.1 keep-alive, 1000 requests/s over 16 connections, 1 KiB payload, 10 s: latency percentiles at a fixed rate.",
-	"latency-max":     "fortio, HTTP/1.1 keep-alive, as many requests/s as the path allows over 16 connections, 1 KiB payload, 10 s.",
-	"churn":           "A new TCP connection per request (connect, 1-byte echo, close), parallel loops: connections/s.",
-	"idle":            "Proxy processes idle after start, no connections: RSS.",
-	"idle-10k":        "10 000 idle connections held through the proxies, each checked with a 1-byte echo: RSS, and RSS per connection above idle.",
-	"ready":           "Time from starting the proxies until the first connection through them succeeds.",
+	"throughput-1":    "iperf3, one TCP stream (`-P 1`): Gbit/s received.",
+	"throughput-8":    "iperf3, eight parallel TCP streams (`-P 8`): Gbit/s received.",
+	"latency-1000rps": "fortio, HTTP/1.1 keep-alive, 1000 requests/s over 16 connections, 1 KiB payload: latency percentiles at a fixed rate, and proxy CPU per 1000 requests (both nodes summed).",
+	"latency-max":     "fortio, HTTP/1.1 keep-alive, as fast as it goes (`-qps 0`) over 16 connections, 1 KiB payload: the maximum request rate and its latency.",
+	"churn":           "A new TCP connection per request (connect, 1-byte echo, close with RST), 64 parallel loops: connections/s and per-connection latency.",
+	"idle":            "Each proxy process 2 s after start, no connections: RSS (the larger node).",
+	"idle-10k":        "10 000 idle connections held through the proxies, each checked with a 1-byte echo: RSS, and RSS per connection above idle (the larger node).",
+	"ready":           "Time from starting each proxy process until it is ready (ztunnel: `/healthz/ready` answers 200 with config and certificates loaded; the others: their listener accepts): the larger node.",
 }
 
 // metricLabel is how a metric is named in tables and plots.
