@@ -340,7 +340,7 @@ func NewSnapshot(ws []*Workload, ss []*Service, ps []*rbac.Policy, pas []*rbac.P
 		byNS[w.Namespace] = append(byNS[w.Namespace], w)
 	}
 	for _, svc := range s.services {
-		s.endpoints[svc] = selectEndpoints(byNS[svc.Namespace], svc.Selector)
+		s.endpoints[svc] = s.serviceEndpoints(svc, byNS[svc.Namespace])
 	}
 	return s, nil
 }
@@ -407,7 +407,24 @@ func (s *Snapshot) Endpoints(svc *Service) []*Workload {
 			ns = append(ns, w)
 		}
 	}
-	return selectEndpoints(ns, svc.Selector)
+	return s.serviceEndpoints(svc, ns)
+}
+
+// serviceEndpoints resolves a service's healthy endpoints: its explicit
+// EndpointUIDs (sorted by UID; unknown ones and workloads of another
+// namespace skipped), or the workloads of ns its selector picks.
+func (s *Snapshot) serviceEndpoints(svc *Service, ns []*Workload) []*Workload {
+	if svc.EndpointUIDs == nil {
+		return selectEndpoints(ns, svc.Selector)
+	}
+	var out []*Workload
+	for _, uid := range svc.EndpointUIDs {
+		if e, ok := s.byUID[uid]; ok && e.w.Healthy && e.w.Namespace == svc.Namespace && !slices.Contains(out, e.w) {
+			out = append(out, e.w)
+		}
+	}
+	slices.SortFunc(out, func(a, b *Workload) int { return cmp.Compare(a.UID, b.UID) })
+	return out[:len(out):len(out)]
 }
 
 // Policies returns the authorization policies that apply to w: mesh scope,

@@ -175,6 +175,19 @@ func TestEndpoints(t *testing.T) {
 	if got := uids(s.Endpoints(foreign)); !reflect.DeepEqual(got, []string{"c1", "c2"}) {
 		t.Errorf("Endpoints(foreign) = %v", got)
 	}
+	// Explicit endpoints (EndpointSlices) win over the selector: unknown
+	// UIDs, unhealthy workloads (c3) and other namespaces (x1) are skipped,
+	// duplicates collapse, the result is sorted.
+	explicit := svc("explicit", "shop", map[string]string{"app": "frontend"})
+	explicit.EndpointUIDs = []string{"c2", "nope", "c3", "x1", "c1", "c2"}
+	if got := uids(s.Endpoints(explicit)); !reflect.DeepEqual(got, []string{"c1", "c2"}) {
+		t.Errorf("Endpoints(explicit) = %v", got)
+	}
+	empty := svc("none", "shop", map[string]string{"app": "checkout"})
+	empty.EndpointUIDs = []string{}
+	if got := s.Endpoints(empty); len(got) != 0 {
+		t.Errorf("empty EndpointUIDs (not nil) should pick nothing, got %v", uids(got))
+	}
 	// Appending to the result must not write into the snapshot.
 	eps := s.Endpoints(checkout)
 	_ = append(eps, nil)

@@ -99,6 +99,10 @@ type Service struct {
 	// Selector picks the endpoints (workloads of the service's namespace
 	// whose labels include it); an empty selector picks none.
 	Selector map[string]string `json:"selector,omitempty"`
+	// EndpointUIDs, when not nil, lists the endpoints explicitly by
+	// workload UID (from Kubernetes EndpointSlices) and Selector is
+	// ignored; UIDs of workloads the snapshot does not hold are skipped.
+	EndpointUIDs []string `json:"endpointUIDs,omitempty"`
 }
 
 // Port returns the ServicePort for port p, if the service has one.
@@ -125,6 +129,9 @@ func (s *Service) clone() *Service {
 	}
 	c.SANs = slices.Clone(s.SANs)
 	c.Selector = maps.Clone(s.Selector)
+	if s.EndpointUIDs != nil {
+		c.EndpointUIDs = slices.Clone(s.EndpointUIDs)
+	}
 	return &c
 }
 
