@@ -18,6 +18,7 @@ var rules = []struct {
 	why       string
 }{
 	{mod + "/identity", []string{mod + "/ztunnel", mod + "/waypoint", mod + "/cni"}, "identity is below everything else"},
+	{mod + "/identity/caclient", []string{"k8s.io/", mod + "/identity/caserver", mod + "/identity/caroot"}, "the node-side CA client speaks HTTPS+JSON only: no client-go, no server"},
 	{mod + "/ztunnel/hbone", []string{mod + "/ztunnel/outbound", mod + "/ztunnel/inbound", mod + "/ztunnel/inpod", mod + "/ztunnel/config", mod + "/ztunnel/workload", mod + "/ztunnel/kube", mod + "/ztunnel/app"}, "the tunnel protocol knows nothing of capture or workloads"},
 	{mod + "/ztunnel/relay", []string{mod + "/ztunnel/hbone", mod + "/identity"}, "the relay copies bytes and knows no protocol"},
 	{mod + "/internal/bufpool", []string{mod + "/"}, "a leaf helper"},
