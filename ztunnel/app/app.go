@@ -44,6 +44,9 @@ type Config struct {
 	TrustDomain string
 	// CADir holds the file-backed root CA (created on first start).
 	CADir string
+	// RemoteCA, if set, replaces the embedded file-backed CA (CADir is then
+	// unused): it signs the certificates and its bundle verifies peers.
+	RemoteCA RemoteCA
 	// ZDSSocket is the node agent's socket; empty disables in-pod mode
 	// (tests then call Pods() directly).
 	ZDSSocket string
@@ -74,8 +77,8 @@ func (c Config) populate() (Config, error) {
 	if c.TrustDomain == "" {
 		c.TrustDomain = "cluster.local"
 	}
-	if c.CADir == "" {
-		return c, errors.New("app: a CA directory is required")
+	if c.CADir == "" && c.RemoteCA == nil {
+		return c, errors.New("app: a CA directory or a remote CA is required")
 	}
 	if c.OutboundPort == 0 {
 		c.OutboundPort = 15001
@@ -98,6 +101,13 @@ func (c Config) populate() (Config, error) {
 	return c, nil
 }
 
+// RemoteCA is a CA outside the process, such as identity/caclient.Client
+// talking to the in-cluster strait-ca.
+type RemoteCA interface {
+	certs.Fetcher
+	x509bundle.Source
+}
+
 // App is a running ztunnel.
 type App struct {
 	cfg     Config
@@ -105,8 +115,8 @@ type App struct {
 	td      spiffeid.TrustDomain
 	store   *store.Store
 	metrics *metrics.Metrics
-	ca      *ca.CA
-	bundle  *x509bundle.Bundle
+	ca      *ca.CA // nil with a RemoteCA
+	bundle  x509bundle.Source
 	certs   *certs.Manager
 	client  *hbone.Client
 	in      *inbound.Inbound
@@ -130,16 +140,21 @@ func New(cfg Config) (*App, error) {
 	}
 	a := &App{cfg: cfg, log: cfg.Logger, td: td, store: store.New(), metrics: metrics.New(), quit: make(chan struct{})}
 
-	root, err := ca.LoadOrCreateFileRoot(cfg.CADir, cfg.TrustDomain)
-	if err != nil {
-		return nil, fmt.Errorf("app: %w", err)
+	var fetcher certs.Fetcher = cfg.RemoteCA
+	a.bundle = cfg.RemoteCA
+	if cfg.RemoteCA == nil {
+		root, err := ca.LoadOrCreateFileRoot(cfg.CADir, cfg.TrustDomain)
+		if err != nil {
+			return nil, fmt.Errorf("app: %w", err)
+		}
+		a.ca, err = ca.New(ca.Config{TrustDomain: td, Root: root, Authorizer: a.nodeAuthorizer()})
+		if err != nil {
+			return nil, fmt.Errorf("app: %w", err)
+		}
+		a.bundle = a.ca.Bundle()
+		fetcher = certs.FromCA(a.ca, ca.Caller{Node: cfg.Node})
 	}
-	a.ca, err = ca.New(ca.Config{TrustDomain: td, Root: root, Authorizer: a.nodeAuthorizer()})
-	if err != nil {
-		return nil, fmt.Errorf("app: %w", err)
-	}
-	a.bundle = a.ca.Bundle()
-	a.certs, err = certs.New(certs.Config{Fetcher: certs.FromCA(a.ca, ca.Caller{Node: cfg.Node}), Logger: a.log.Named("certs")})
+	a.certs, err = certs.New(certs.Config{Fetcher: fetcher, Logger: a.log.Named("certs")})
 	if err != nil {
 		return nil, fmt.Errorf("app: %w", err)
 	}

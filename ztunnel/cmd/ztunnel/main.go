@@ -14,9 +14,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/strait-mesh/strait/identity/caclient"
 	"github.com/strait-mesh/strait/ztunnel/app"
 )
 
@@ -25,7 +27,7 @@ func main() {
 	flag.StringVar(&cfg.ConfigFile, "config", "/etc/strait/workloads.yaml", "workloads, services and policies (YAML, watched)")
 	flag.StringVar(&cfg.Node, "node", os.Getenv("NODE_NAME"), "this node's name (env NODE_NAME)")
 	flag.StringVar(&cfg.TrustDomain, "trust-domain", "cluster.local", "mesh trust domain")
-	flag.StringVar(&cfg.CADir, "ca-dir", "/var/lib/strait/ca", "file-backed root CA directory (created on first start, key mode 0600)")
+	flag.StringVar(&cfg.CADir, "ca-dir", "/var/lib/strait/ca", "file-backed root CA directory (created on first start, key mode 0600); unused with -ca-addr")
 	flag.StringVar(&cfg.ZDSSocket, "zds-socket", "/var/run/strait/ztunnel.sock", "node agent socket (ZDS); empty disables in-pod mode")
 	flag.StringVar(&cfg.AdminAddr, "admin-addr", "127.0.0.1:15000", "admin listener (loopback only)")
 	flag.StringVar(&cfg.ReadyAddr, "ready-addr", ":15021", "readiness listener")
@@ -35,6 +37,9 @@ func main() {
 	flag.StringVar(&cfg.LB, "lb", "random", "service endpoint selection: random or round-robin")
 	flag.IntVar(&cfg.MaxConns, "max-conns", 0, "connections in total per direction (0 = 65536)")
 	flag.IntVar(&cfg.MaxConnsPerWorkload, "max-conns-per-workload", 0, "inbound connections per workload (0 = 16384)")
+	caAddr := flag.String("ca-addr", "", "in-cluster CA (strait-ca), host:port, e.g. strait-ca.strait-system.svc:15012; empty: the embedded file-backed CA in -ca-dir")
+	caToken := flag.String("ca-token-file", caclient.DefaultTokenFile, "projected service-account token (audience strait-ca) presented to -ca-addr; re-read on every request")
+	caRoots := flag.String("ca-roots-file", "/var/run/secrets/strait-ca/roots.pem", "trust bundle (roots.pem of the strait-ca-bundle ConfigMap): verifies -ca-addr and mesh peers")
 	level := flag.String("log-level", "info", "debug, info, warn or error (changeable at runtime: /logging)")
 	flag.Parse()
 
@@ -55,6 +60,22 @@ func main() {
 	defer log.Sync()
 	cfg.Logger, cfg.Level = log, lvl
 
+	if *caAddr != "" {
+		td, err := spiffeid.TrustDomainFromString(cfg.TrustDomain)
+		if err != nil {
+			log.Error("ztunnel: -trust-domain", zap.Error(err))
+			os.Exit(2)
+		}
+		cc, err := caclient.New(caclient.Config{
+			Addr: *caAddr, TokenFile: *caToken, RootsFile: *caRoots, TrustDomain: td, Logger: log.Named("caclient"),
+		})
+		if err != nil {
+			log.Error("ztunnel: cannot start", zap.Error(err))
+			os.Exit(1)
+		}
+		defer cc.Close()
+		cfg.RemoteCA = cc
+	}
 	a, err := app.New(cfg)
 	if err != nil {
 		log.Error("ztunnel: cannot start", zap.Error(err))
