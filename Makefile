@@ -5,6 +5,11 @@ BIN := bin
 STATICCHECK_VERSION := v0.7.0
 GOBIN_DIR := $(shell $(GO) env GOPATH)/bin
 STATICCHECK := $(GOBIN_DIR)/staticcheck
+# deepcopy and CRD YAML for deploy/api; run through `go run`, so go.mod is untouched.
+CONTROLLER_GEN_VERSION := v0.23.0
+CONTROLLER_GEN := $(GO) run sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_GEN_VERSION)
+API_PKGS := ./deploy/api/...
+CRD_DIR := deploy/crds
 # Nested modules kept apart so product binaries never pull their heavy deps.
 INTEROP_MODULES := internal/istiointerop
 CMDS := $(shell $(GO) list -f '{{if eq .Name "main"}}{{.ImportPath}}{{end}}' ./... 2>/dev/null)
@@ -34,13 +39,30 @@ test-allocs: ## allocation budgets (without -race, which makes sync.Pool drop it
 test-interop: ## interop tests against Istio's Go HBONE (separate module)
 	@for m in $(INTEROP_MODULES); do [ -f $$m/go.mod ] || continue; echo "== $$m"; (cd $$m && $(GO) test $(TEST_FLAGS) ./...) || exit 1; done
 
-lint: tools ## go vet + staticcheck (pinned)
+lint: tools verify-gen ## go vet + staticcheck (pinned), generated files current
 	$(GO) vet ./...
 	$(STATICCHECK) ./...
 	@for m in $(INTEROP_MODULES); do [ -f $$m/go.mod ] || continue; (cd $$m && $(GO) vet ./... && $(STATICCHECK) ./...) || exit 1; done
 
 fmt: ## gofmt every Go file
 	gofmt -s -w $$(git ls-files '*.go')
+
+.PHONY: generate verify-gen
+generate: ## deepcopy and CRD YAML (deploy/crds) from deploy/api, controller-gen pinned
+	$(CONTROLLER_GEN) object paths=$(API_PKGS) crd paths=$(API_PKGS) output:crd:artifacts:config=$(CRD_DIR)
+
+verify-gen: ## fail when deepcopy or CRD YAML differ from what make generate writes
+	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(CONTROLLER_GEN) crd paths=$(API_PKGS) output:crd:artifacts:config=$$tmp/crds; \
+	stale=0; \
+	diff -r --exclude=kustomization.yaml --exclude='*.go' $(CRD_DIR) $$tmp/crds || stale=1; \
+	for d in $$($(GO) list -f '{{.Dir}}' $(API_PKGS)); do \
+	  rel=$${d#$(CURDIR)/}; mkdir -p $$tmp/obj/$$rel; \
+	  $(CONTROLLER_GEN) object paths=./$$rel output:object:dir=$$tmp/obj/$$rel; \
+	  if [ -f $$tmp/obj/$$rel/zz_generated.deepcopy.go ] || [ -f $$rel/zz_generated.deepcopy.go ]; then \
+	    diff -N $$rel/zz_generated.deepcopy.go $$tmp/obj/$$rel/zz_generated.deepcopy.go || stale=1; fi; \
+	done; \
+	if [ $$stale = 1 ]; then echo "generated files are stale: run make generate" >&2; exit 1; fi
 
 bench: build ## every system side by side on the netns topology (root, ~12 min), then regenerates docs/benchmarks.md
 	$(GO) run ./benchmarks/netns -ztunnel $(BIN)/ztunnel -out benchmarks/results/latest.json

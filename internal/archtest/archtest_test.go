@@ -35,6 +35,8 @@ var rules = []struct {
 	{mod + "/ztunnel/admin", []string{mod + "/ztunnel/hbone", mod + "/ztunnel/inbound", mod + "/ztunnel/outbound", mod + "/ztunnel/app"}, "admin takes functions, not the data path"},
 	{mod + "/cni/redirect", []string{"k8s.io/client-go", mod + "/ztunnel"}, "the CNI plugin will link the redirect rules: no client-go, no proxy"},
 	{mod + "/cni/zds", []string{"k8s.io/client-go", mod + "/ztunnel"}, "the protocol is shared by the agent and the proxy"},
+	{mod + "/deploy/api", []string{mod + "/ztunnel", mod + "/waypoint", mod + "/cni", mod + "/identity", "k8s.io/client-go"}, "the API types are imported by every client: no proxy code, no client library"},
+	{mod + "/ztunnel/kube/kubepolicy", []string{"k8s.io/client-go", mod + "/ztunnel/store", mod + "/ztunnel/config"}, "policy conversion is a pure function of the API types"},
 }
 
 func TestImportGraph(t *testing.T) {
