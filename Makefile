@@ -15,7 +15,7 @@ INTEROP_MODULES := internal/istiointerop
 CMDS := $(shell $(GO) list -f '{{if eq .Name "main"}}{{.ImportPath}}{{end}}' ./... 2>/dev/null)
 TEST_FLAGS ?= -race -shuffle=on -count=1 -timeout 20m
 
-.PHONY: help demo build test test-unit test-allocs test-interop lint fmt bench bench-smoke tools clean
+.PHONY: help demo build test test-unit test-allocs test-interop lint fmt bench bench-smoke tools kube-bins clean
 
 help: ## list targets
 	@grep -hE '^[a-z][a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -79,6 +79,9 @@ bench-smoke: build ## every go benchmark once, then the harness for ~1 s per sce
 
 tools: ## pinned Go tools
 	@[ -x $(STATICCHECK) ] && $(STATICCHECK) -version | grep -q '$(STATICCHECK_VERSION:v%=%)' || $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+
+kube-bins: ## build etcd and kube-apiserver for internal/kubetest into ~/.cache/strait, STRAIT_KUBE_BINS overrides (once: ~9 min, then ~1 s)
+	GO=$(GO) bash internal/kubetest/build-bins.sh
 
 clean: ## remove build outputs
 	rm -rf $(BIN)
