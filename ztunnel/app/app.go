@@ -19,6 +19,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/zap"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/strait-mesh/strait/cni/zds"
 	"github.com/strait-mesh/strait/identity/ca"
@@ -29,6 +30,7 @@ import (
 	"github.com/strait-mesh/strait/ztunnel/hbone"
 	"github.com/strait-mesh/strait/ztunnel/inbound"
 	"github.com/strait-mesh/strait/ztunnel/inpod"
+	"github.com/strait-mesh/strait/ztunnel/kube"
 	"github.com/strait-mesh/strait/ztunnel/metrics"
 	"github.com/strait-mesh/strait/ztunnel/outbound"
 	"github.com/strait-mesh/strait/ztunnel/store"
@@ -36,8 +38,15 @@ import (
 
 // Config is the proxy's configuration (flags of cmd/ztunnel).
 type Config struct {
-	// ConfigFile is the workloads/services/policies YAML (watched).
+	// ConfigFile is the workloads/services/policies YAML (watched);
+	// unused with Kube.
 	ConfigFile string
+	// Kube, if set, is the Kubernetes API client the store is fed from
+	// (ztunnel/kube) instead of ConfigFile.
+	Kube kubernetes.Interface
+	// ClusterDomain names services (<name>.<ns>.svc.<ClusterDomain>) with
+	// Kube (cluster.local).
+	ClusterDomain string
 	// Node is the node this proxy serves.
 	Node string
 	// TrustDomain of the mesh (cluster.local).
@@ -68,8 +77,11 @@ type Config struct {
 }
 
 func (c Config) populate() (Config, error) {
-	if c.ConfigFile == "" {
-		return c, errors.New("app: a config file is required")
+	if c.ConfigFile == "" && c.Kube == nil {
+		return c, errors.New("app: a config file or a Kubernetes client is required")
+	}
+	if c.ClusterDomain == "" {
+		c.ClusterDomain = "cluster.local"
 	}
 	if c.Node == "" {
 		return c, errors.New("app: the node name is required")
@@ -108,6 +120,13 @@ type RemoteCA interface {
 	x509bundle.Source
 }
 
+// source feeds the store: the config file watcher or the Kubernetes
+// source. Ready is closed once the first snapshot is in the store.
+type source interface {
+	Run(ctx context.Context) error
+	Ready() <-chan struct{}
+}
+
 // App is a running ztunnel.
 type App struct {
 	cfg     Config
@@ -123,7 +142,7 @@ type App struct {
 	out     *outbound.Outbound
 	pods    *inpod.Manager
 	admin   *admin.Server
-	watcher *config.Watcher
+	source  source
 	quit    chan struct{}
 	quitMu  sync.Once
 }
@@ -179,12 +198,28 @@ func New(cfg Config) (*App, error) {
 		return nil, err
 	}
 	a.pods = inpod.NewManager(a, cfg.DrainGrace, a.log.Named("inpod"))
-	a.watcher = config.NewWatcher(cfg.ConfigFile, a.store, a.log.Named("config"), config.OnReload(func(ok bool, err error) {
-		a.metrics.ConfigReload(ok)
-		if ok {
-			a.metrics.SetWorkloads(len(a.store.Load().Workloads()))
+	if cfg.Kube != nil {
+		a.source, err = kube.New(kube.Options{
+			Client: cfg.Kube, Store: a.store, Logger: a.log.Named("kube"),
+			Translator: kube.Translator{TrustDomain: cfg.TrustDomain, ClusterDomain: cfg.ClusterDomain},
+			OnRebuild: func(st kube.Stats) {
+				a.metrics.ConfigReload(st.Err == nil)
+				if st.Err == nil {
+					a.metrics.SetWorkloads(st.Workloads)
+				}
+			},
+		})
+		if err != nil {
+			return nil, fmt.Errorf("app: %w", err)
 		}
-	}))
+	} else {
+		a.source = config.NewWatcher(cfg.ConfigFile, a.store, a.log.Named("config"), config.OnReload(func(ok bool, err error) {
+			a.metrics.ConfigReload(ok)
+			if ok {
+				a.metrics.SetWorkloads(len(a.store.Load().Workloads()))
+			}
+		}))
+	}
 	a.admin, err = admin.New(admin.Config{
 		AdminAddr: cfg.AdminAddr, ReadyAddr: cfg.ReadyAddr, MetricsAddr: cfg.MetricsAddr,
 		ConfigDump: a.configDump, Level: cfg.Level, Quit: a.Quit, Metrics: a.metrics.Handler(),
@@ -228,10 +263,10 @@ func (a *App) Run(ctx context.Context) error {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		werr <- a.watcher.Run(ctx)
+		werr <- a.source.Run(ctx)
 	}()
 	select {
-	case <-a.watcher.Ready():
+	case <-a.source.Ready():
 	case err := <-werr:
 		cancel()
 		wg.Wait()

@@ -113,13 +113,18 @@ func BenchmarkSyncScale(b *testing.B) {
 	}
 	b.Logf("filled the API server with %d pods and %d services in %v", *scalePods, *scaleServices, time.Since(fill).Round(time.Millisecond))
 
+	// The source reads with protobuf, as ztunnel does (kube.ClientConfig).
+	pcs, err := kubernetes.NewForConfig(kube.ClientConfig(rest.CopyConfig(c.Config)))
+	if err != nil {
+		b.Fatal(err)
+	}
 	b.ResetTimer()
 	for range b.N {
 		runtime.GC()
 		var m0, m1 runtime.MemStats
 		runtime.ReadMemStats(&m0)
 		st := store.New()
-		src, err := kube.New(kube.Options{Client: cs, Store: st, Translator: kube.Translator{TrustDomain: "cluster.local", ClusterDomain: "cluster.local"}, Logger: zap.NewNop()})
+		src, err := kube.New(kube.Options{Client: pcs, Store: st, Translator: kube.Translator{TrustDomain: "cluster.local", ClusterDomain: "cluster.local"}, Logger: zap.NewNop()})
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -23,7 +23,7 @@ const (
 
 // View is what the informers hold, as plain lists.
 type View struct {
-	Pods       []*corev1.Pod
+	Pods       []*Pod
 	Namespaces []*corev1.Namespace
 	Services   []*corev1.Service
 	Slices     []*discoveryv1.EndpointSlice
@@ -68,24 +68,24 @@ func (t Translator) Translate(v View) Mesh {
 	return m
 }
 
-func (t Translator) workloads(pods []*corev1.Pod, nsLabels map[string]map[string]string, skipped *[]string) []*store.Workload {
+func (t Translator) workloads(pods []*Pod, nsLabels map[string]map[string]string, skipped *[]string) []*store.Workload {
 	type cand struct {
-		pod *corev1.Pod
+		pod *Pod
 		w   *store.Workload
 	}
 	var cands []cand
 	for _, p := range pods {
-		if p.Spec.HostNetwork {
+		if p.HostNetwork {
 			continue // shares the node's address; not a workload of its own
 		}
-		if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+		if p.Phase == corev1.PodSucceeded || p.Phase == corev1.PodFailed {
 			continue // its IP may already belong to another pod
 		}
 		ips := podIPs(p)
 		if len(ips) == 0 {
 			continue // not started yet
 		}
-		sa := p.Spec.ServiceAccountName
+		sa := p.ServiceAccount
 		if sa == "" {
 			sa = "default"
 		}
@@ -94,9 +94,9 @@ func (t Translator) workloads(pods []*corev1.Pod, nsLabels map[string]map[string
 			proto = store.ProtocolHBONE
 		}
 		cands = append(cands, cand{p, &store.Workload{
-			UID: string(p.UID), Name: p.Name, Namespace: p.Namespace, ServiceAccount: sa, Node: p.Spec.NodeName,
+			UID: string(p.UID), Name: p.Name, Namespace: p.Namespace, ServiceAccount: sa, Node: p.NodeName,
 			IPs: ips, Protocol: proto, Labels: p.Labels, TrustDomain: t.TrustDomain,
-			Healthy: p.DeletionTimestamp == nil && podReady(p),
+			Healthy: p.DeletionTimestamp == nil && p.Ready,
 		}})
 	}
 	// An IP may briefly belong to two pods (one terminating, or a stale
@@ -110,7 +110,7 @@ func (t Translator) workloads(pods []*corev1.Pod, nsLabels map[string]map[string
 		}
 		return cmp.Or(b.pod.CreationTimestamp.Compare(a.pod.CreationTimestamp.Time), cmp.Compare(a.pod.UID, b.pod.UID))
 	})
-	owner := map[netip.Addr]*corev1.Pod{}
+	owner := map[netip.Addr]*Pod{}
 	seenUID := map[string]bool{}
 	out := make([]*store.Workload, 0, len(cands))
 	for _, c := range cands {
@@ -138,29 +138,14 @@ func (t Translator) workloads(pods []*corev1.Pod, nsLabels map[string]map[string
 }
 
 // podIPs returns the pod's valid, distinct IPs.
-func podIPs(p *corev1.Pod) []netip.Addr {
+func podIPs(p *Pod) []netip.Addr {
 	var out []netip.Addr
-	add := func(s string) {
+	for _, s := range p.IPs {
 		if ip, err := netip.ParseAddr(s); err == nil && !ip.IsUnspecified() && !slices.Contains(out, ip.Unmap()) {
 			out = append(out, ip.Unmap())
 		}
 	}
-	for _, ip := range p.Status.PodIPs {
-		add(ip.IP)
-	}
-	if len(out) == 0 && p.Status.PodIP != "" {
-		add(p.Status.PodIP)
-	}
 	return out
-}
-
-func podReady(p *corev1.Pod) bool {
-	for _, c := range p.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
 }
 
 func (t Translator) services(svcs []*corev1.Service, eps []*discoveryv1.EndpointSlice, skipped *[]string) []*store.Service {

@@ -18,7 +18,11 @@ import (
 
 var t0 = time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
 
-func pod(ns, name, ip string, labels map[string]string, mod ...func(*corev1.Pod)) *corev1.Pod {
+func pod(ns, name, ip string, labels map[string]string, mod ...func(*corev1.Pod)) *Pod {
+	return SlimPod(fullPod(ns, name, ip, labels, mod...))
+}
+
+func fullPod(ns, name, ip string, labels map[string]string, mod ...func(*corev1.Pod)) *corev1.Pod {
 	p := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, UID: types.UID("uid-" + ns + "-" + name), Labels: labels, CreationTimestamp: metav1.NewTime(t0)},
 		Spec:       corev1.PodSpec{NodeName: "node-a", ServiceAccountName: "sa-" + name},
@@ -69,7 +73,7 @@ func TestTranslateWorkloads(t *testing.T) {
 	tr := Translator{TrustDomain: "example.org", ClusterDomain: "cluster.local"}
 	v := View{
 		Namespaces: []*corev1.Namespace{ns("shop", ambient), ns("legacy", nil)},
-		Pods: []*corev1.Pod{
+		Pods: []*Pod{
 			pod("shop", "web", "10.0.0.1", map[string]string{"app": "web"}),
 			pod("shop", "optout", "10.0.0.2", map[string]string{LabelDataplaneMode: ModeNone}),
 			pod("legacy", "old", "10.0.0.3", nil),
@@ -167,7 +171,7 @@ func TestTranslateServices(t *testing.T) {
 	}
 	v := View{
 		Namespaces: []*corev1.Namespace{ns("shop", ambient)},
-		Pods:       []*corev1.Pod{web, web2},
+		Pods:       []*Pod{web, web2},
 		Services: []*corev1.Service{
 			svc("web", func(s *corev1.Service) {
 				s.Spec.Ports = append(s.Spec.Ports,
@@ -176,7 +180,9 @@ func TestTranslateServices(t *testing.T) {
 					corev1.ServicePort{Name: "same", Port: 7000})
 			}),
 			svc("noslice", func(s *corev1.Service) { s.Spec.ClusterIP, s.Spec.ClusterIPs = "10.96.0.11", []string{"10.96.0.11"} }),
-			svc("headless", func(s *corev1.Service) { s.Spec.ClusterIP, s.Spec.ClusterIPs = corev1.ClusterIPNone, []string{corev1.ClusterIPNone} }),
+			svc("headless", func(s *corev1.Service) {
+				s.Spec.ClusterIP, s.Spec.ClusterIPs = corev1.ClusterIPNone, []string{corev1.ClusterIPNone}
+			}),
 			svc("ext", func(s *corev1.Service) { s.Spec.Type = corev1.ServiceTypeExternalName }),
 			svc("clash", func(s *corev1.Service) {}),
 		},
@@ -217,7 +223,7 @@ func TestTranslateServices(t *testing.T) {
 }
 
 func TestSlimKeepsWhatTranslateReads(t *testing.T) {
-	full := pod("shop", "web", "10.0.0.1", ambient)
+	full := fullPod("shop", "web", "10.0.0.1", ambient)
 	full.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "kubelet"}}
 	full.Annotations = map[string]string{"big": strings.Repeat("x", 4096)}
 	full.Spec.Containers = []corev1.Container{{Name: "c", Image: "img"}}
@@ -227,14 +233,21 @@ func TestSlimKeepsWhatTranslateReads(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := o.(*corev1.Pod)
-	if s.ManagedFields != nil || s.Annotations != nil || s.Spec.Containers != nil || len(s.Status.Conditions) != 1 || s.ResourceVersion != "42" {
-		t.Errorf("slim pod kept too much or too little: %+v", s)
+	s := o.(*Pod)
+	want := &Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "web", UID: full.UID, Labels: ambient, CreationTimestamp: full.CreationTimestamp, ResourceVersion: "42"},
+		NodeName: "node-a", ServiceAccount: "sa-web", IPs: []string{"10.0.0.1"}, Phase: corev1.PodRunning, Ready: true}
+	if !reflect.DeepEqual(s, want) {
+		t.Errorf("slim pod = %+v, want %+v", s, want)
 	}
-	tr := Translator{TrustDomain: "cluster.local"}
-	a := tr.Translate(View{Pods: []*corev1.Pod{full}})
-	b := tr.Translate(View{Pods: []*corev1.Pod{s}})
-	if !reflect.DeepEqual(a, b) {
-		t.Errorf("translation differs after Slim:\n%+v\n%+v", a.Workloads[0], b.Workloads[0])
+	if c := s.DeepCopyObject().(*Pod); !reflect.DeepEqual(c, s) || &c.IPs[0] == &s.IPs[0] {
+		t.Errorf("DeepCopyObject = %+v", c)
+	}
+	// podIP alone (an old kubelet) and a readiness of False.
+	old := fullPod("shop", "old", "10.0.0.2", nil, func(p *corev1.Pod) {
+		p.Status.PodIPs = nil
+		p.Status.Conditions[0].Status = corev1.ConditionFalse
+	})
+	if s := SlimPod(old); !reflect.DeepEqual(s.IPs, []string{"10.0.0.2"}) || s.Ready {
+		t.Errorf("slim old pod = %+v", s)
 	}
 }

@@ -18,13 +18,29 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
 	"github.com/strait-mesh/strait/identity/caclient"
 	"github.com/strait-mesh/strait/ztunnel/app"
+	"github.com/strait-mesh/strait/ztunnel/kube"
 )
+
+// kubeRESTConfig loads a kubeconfig file, or the in-cluster configuration.
+func kubeRESTConfig(path string) (*rest.Config, error) {
+	if path == "" {
+		return rest.InClusterConfig()
+	}
+	return clientcmd.BuildConfigFromFlags("", path)
+}
 
 func main() {
 	var cfg app.Config
-	flag.StringVar(&cfg.ConfigFile, "config", "/etc/strait/workloads.yaml", "workloads, services and policies (YAML, watched)")
+	flag.StringVar(&cfg.ConfigFile, "config", "/etc/strait/workloads.yaml", "workloads, services and policies (YAML, watched); unused with -kube")
+	useKube := flag.Bool("kube", false, "learn workloads, services and policies from the Kubernetes API (in-cluster, or -kubeconfig) instead of -config")
+	kubeconfig := flag.String("kubeconfig", "", "kubeconfig file for -kube (empty: the in-cluster service account)")
+	flag.StringVar(&cfg.ClusterDomain, "cluster-domain", "cluster.local", "Kubernetes cluster domain: services are <name>.<ns>.svc.<domain>")
 	flag.StringVar(&cfg.Node, "node", os.Getenv("NODE_NAME"), "this node's name (env NODE_NAME)")
 	flag.StringVar(&cfg.TrustDomain, "trust-domain", "cluster.local", "mesh trust domain")
 	flag.StringVar(&cfg.CADir, "ca-dir", "/var/lib/strait/ca", "file-backed root CA directory (created on first start, key mode 0600); unused with -ca-addr")
@@ -75,6 +91,19 @@ func main() {
 		}
 		defer cc.Close()
 		cfg.RemoteCA = cc
+	}
+	if *useKube {
+		rc, err := kubeRESTConfig(*kubeconfig)
+		if err != nil {
+			log.Error("ztunnel: -kube", zap.Error(err))
+			os.Exit(2)
+		}
+		cs, err := kubernetes.NewForConfig(kube.ClientConfig(rc))
+		if err != nil {
+			log.Error("ztunnel: -kube", zap.Error(err))
+			os.Exit(2)
+		}
+		cfg.Kube = cs
 	}
 	a, err := app.New(cfg)
 	if err != nil {
