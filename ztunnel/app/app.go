@@ -19,6 +19,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/zap"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/strait-mesh/strait/cni/zds"
@@ -44,6 +45,8 @@ type Config struct {
 	// Kube, if set, is the Kubernetes API client the store is fed from
 	// (ztunnel/kube) instead of ConfigFile.
 	Kube kubernetes.Interface
+	// KubeDynamic reads the policy CRDs with Kube (optional).
+	KubeDynamic dynamic.Interface
 	// ClusterDomain names services (<name>.<ns>.svc.<ClusterDomain>) with
 	// Kube (cluster.local).
 	ClusterDomain string
@@ -200,7 +203,7 @@ func New(cfg Config) (*App, error) {
 	a.pods = inpod.NewManager(a, cfg.DrainGrace, a.log.Named("inpod"))
 	if cfg.Kube != nil {
 		a.source, err = kube.New(kube.Options{
-			Client: cfg.Kube, Store: a.store, Logger: a.log.Named("kube"),
+			Client: cfg.Kube, Dynamic: cfg.KubeDynamic, WriteStatus: cfg.KubeDynamic != nil, Store: a.store, Logger: a.log.Named("kube"),
 			Translator: kube.Translator{TrustDomain: cfg.TrustDomain, ClusterDomain: cfg.ClusterDomain},
 			OnRebuild: func(st kube.Stats) {
 				a.metrics.ConfigReload(st.Err == nil)

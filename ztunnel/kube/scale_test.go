@@ -144,11 +144,26 @@ func BenchmarkSyncScale(b *testing.B) {
 			b.Fatalf("snapshot holds %d workloads and %d services, want %d and %d", len(snap.Workloads()), len(snap.Services()), *scalePods, *scaleServices+1)
 		}
 		heap := float64(m1.HeapAlloc) - float64(m0.HeapAlloc)
+		// The store's own share: a second snapshot of the same view.
+		m := kube.Translator{TrustDomain: "cluster.local", ClusterDomain: "cluster.local"}.Translate(src.View())
+		var m2, m3 runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&m2)
+		snap2, err := store.NewSnapshot(m.Workloads, m.Services, nil, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		m = kube.Mesh{}
+		runtime.GC()
+		runtime.ReadMemStats(&m3)
+		storeHeap := float64(m3.HeapAlloc) - float64(m2.HeapAlloc)
+		runtime.KeepAlive(snap2)
+		b.ReportMetric(storeHeap/float64(*scalePods)/1024, "store_KiB/pod")
 		b.ReportMetric(src.SyncTime().Seconds(), "sync_s")
 		b.ReportMetric(heap/float64(*scalePods)/1024, "heap_KiB/pod")
 		b.ReportMetric(heap/(1<<20), "heap_MiB")
-		b.Logf("%d pods, %d services: initial sync %v, heap held %.1f MiB = %.2f KiB per pod (informer caches + snapshot)",
-			*scalePods, *scaleServices, src.SyncTime().Round(time.Millisecond), heap/(1<<20), heap/float64(*scalePods)/1024)
+		b.Logf("%d pods, %d services: initial sync %v, heap held %.1f MiB = %.2f KiB per pod (informer caches + snapshot), of which the store's snapshot %.2f KiB per pod",
+			*scalePods, *scaleServices, src.SyncTime().Round(time.Millisecond), heap/(1<<20), heap/float64(*scalePods)/1024, storeHeap/float64(*scalePods)/1024)
 		runtime.KeepAlive(src)
 		rcancel()
 		if err := <-done; err != nil {

@@ -4,17 +4,24 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/strait-mesh/strait/deploy/api/security/v1alpha1"
 	"github.com/strait-mesh/strait/ztunnel/store"
 )
 
@@ -34,7 +41,16 @@ func ClientConfig(c *rest.Config) *rest.Config {
 // Options configure a Source.
 type Options struct {
 	Client kubernetes.Interface
-	Store  *store.Store
+	// Dynamic, if set, reads the policy CRDs (AuthorizationPolicy,
+	// PeerAuthentication); without it, or when the CRDs are not
+	// installed, the mesh has no policies.
+	Dynamic dynamic.Interface
+	// RootNamespace holds mesh-wide policies (strait-system).
+	RootNamespace string
+	// WriteStatus sets each policy's Accepted condition (server-side
+	// apply of the status subresource, only when it differs).
+	WriteStatus bool
+	Store       *store.Store
 	Translator
 	// Debounce is the least time between two rebuilds (default 100 ms).
 	Debounce time.Duration
@@ -59,14 +75,18 @@ type Source struct {
 	nss     cache.SharedIndexInformer
 	svcs    cache.SharedIndexInformer
 	slices  cache.SharedIndexInformer
+	dynF    dynamicinformer.DynamicSharedInformerFactory
+	aps     cache.SharedIndexInformer // nil without policies
+	pas     cache.SharedIndexInformer
 
 	kick      chan struct{}
 	ready     chan struct{}
 	readyOnce sync.Once
 	synced    time.Duration // start → first snapshot
 
-	mu      sync.Mutex
-	skipped []string // of the last rebuild
+	mu       sync.Mutex
+	skipped  []string // of the last rebuild
+	verdicts []Verdict
 }
 
 // New prepares the informers; nothing runs until Run.
@@ -86,6 +106,9 @@ func New(o Options) (*Source, error) {
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()
 	}
+	if o.RootNamespace == "" {
+		o.RootNamespace = v1alpha1.RootNamespace
+	}
 	s := &Source{o: o, log: o.Logger, kick: make(chan struct{}, 1), ready: make(chan struct{})}
 	s.factory = informers.NewSharedInformerFactoryWithOptions(o.Client, 0, informers.WithTransform(Slim))
 	s.pods = s.factory.Core().V1().Pods().Informer()
@@ -97,12 +120,48 @@ func New(o Options) (*Source, error) {
 		UpdateFunc: func(any, any) { s.dirty() },
 		DeleteFunc: func(any) { s.dirty() },
 	}
-	for _, inf := range []cache.SharedIndexInformer{s.pods, s.nss, s.svcs, s.slices} {
+	infs := []cache.SharedIndexInformer{s.pods, s.nss, s.svcs, s.slices}
+	if o.Dynamic != nil {
+		if ok, err := policiesInstalled(o.Client); err != nil {
+			return nil, err
+		} else if !ok {
+			s.log.Warn("the policy CRDs (security.strait.dev/v1alpha1) are not installed: no authorization policies or peer authentications until ztunnel restarts after they are")
+		} else {
+			s.dynF = dynamicinformer.NewDynamicSharedInformerFactory(o.Dynamic, 0)
+			s.aps = s.dynF.ForResource(AuthorizationPolicies).Informer()
+			s.pas = s.dynF.ForResource(PeerAuthentications).Informer()
+			for _, inf := range []cache.SharedIndexInformer{s.aps, s.pas} {
+				if err := inf.SetTransform(typedTransform); err != nil {
+					return nil, fmt.Errorf("kube: %w", err)
+				}
+				infs = append(infs, inf)
+			}
+		}
+	}
+	for _, inf := range infs {
 		if _, err := inf.AddEventHandler(h); err != nil {
 			return nil, fmt.Errorf("kube: %w", err)
 		}
 	}
 	return s, nil
+}
+
+// policiesInstalled asks discovery whether the policy CRDs are served.
+func policiesInstalled(c kubernetes.Interface) (bool, error) {
+	rl, err := c.Discovery().ServerResourcesForGroupVersion(v1alpha1.SchemeGroupVersion.String())
+	if apierrors.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("kube: discovery of %s: %w", v1alpha1.SchemeGroupVersion, err)
+	}
+	n := 0
+	for _, r := range rl.APIResources {
+		if r.Name == AuthorizationPolicies.Resource || r.Name == PeerAuthentications.Resource {
+			n++
+		}
+	}
+	return n == 2, nil
 }
 
 func (s *Source) dirty() {
@@ -138,6 +197,18 @@ func (s *Source) Run(ctx context.Context) error {
 	start := time.Now()
 	s.factory.Start(ctx.Done())
 	defer s.factory.Shutdown()
+	if s.dynF != nil {
+		s.dynF.Start(ctx.Done())
+		defer s.dynF.Shutdown()
+		for gvr, ok := range s.dynF.WaitForCacheSync(ctx.Done()) {
+			if !ok {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				return fmt.Errorf("kube: informer for %v did not sync", gvr)
+			}
+		}
+	}
 	for typ, ok := range s.factory.WaitForCacheSync(ctx.Done()) {
 		if !ok {
 			if ctx.Err() != nil {
@@ -171,6 +242,57 @@ func (s *Source) Run(ctx context.Context) error {
 	}
 }
 
+// Verdicts are what the last rebuild made of each policy object.
+func (s *Source) Verdicts() []Verdict {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]Verdict(nil), s.verdicts...)
+}
+
+// policies lists and translates the policy objects (none without CRDs).
+func (s *Source) policies() Policies {
+	if s.aps == nil {
+		return Policies{}
+	}
+	return TranslatePolicies(listAs[*v1alpha1.AuthorizationPolicy](s.aps), listAs[*v1alpha1.PeerAuthentication](s.pas), s.o.RootNamespace)
+}
+
+// writeStatus sets the Accepted condition of every object whose cached
+// status differs from its verdict.
+func (s *Source) writeStatus(ctx context.Context, vs []Verdict) {
+	now := metav1.Now()
+	for _, v := range vs {
+		var conds []metav1.Condition
+		inf := s.aps
+		if v.Resource == PeerAuthentications {
+			inf = s.pas
+		}
+		obj, ok, _ := inf.GetStore().GetByKey(v.Namespace + "/" + v.Name)
+		if !ok {
+			continue
+		}
+		switch o := obj.(type) {
+		case *v1alpha1.AuthorizationPolicy:
+			conds = o.Status.Conditions
+		case *v1alpha1.PeerAuthentication:
+			conds = o.Status.Conditions
+		}
+		if !needsStatus(conds, v) {
+			continue
+		}
+		patch, err := statusPatch(v, now)
+		if err == nil {
+			_, err = s.o.Dynamic.Resource(v.Resource).Namespace(v.Namespace).Patch(ctx, v.Name, types.ApplyPatchType, patch,
+				metav1.PatchOptions{FieldManager: "strait-ztunnel", Force: ptr(true)}, "status")
+		}
+		if err != nil && !apierrors.IsNotFound(err) {
+			s.log.Info("cannot write policy status", zap.String("policy", v.Namespace+"/"+v.Name), zap.Error(err))
+		}
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
 // View lists what the informers hold now.
 func (s *Source) View() View {
 	return View{
@@ -196,7 +318,14 @@ func (s *Source) rebuild() {
 	start := time.Now()
 	m := s.o.Translate(s.View())
 	st := Stats{Workloads: len(m.Workloads), Services: len(m.Services), Skipped: len(m.Skipped)}
-	snap, err := store.NewSnapshot(m.Workloads, m.Services, s.o.Store.Load().AuthorizationPolicies(), s.o.Store.Load().PeerAuthentications())
+	pol := s.policies()
+	for _, v := range pol.Verdicts {
+		if !v.Accepted {
+			m.Skipped = append(m.Skipped, fmt.Sprintf("%s %s/%s: %s", v.Resource.Resource, v.Namespace, v.Name, v.Message))
+		}
+	}
+	st.Skipped = len(m.Skipped)
+	snap, err := store.NewSnapshot(m.Workloads, m.Services, pol.Authz, pol.PeerAuth)
 	if err != nil {
 		st.Err = fmt.Errorf("kube: snapshot refused, keeping the previous one: %w", err)
 		s.log.Warn("kubernetes snapshot refused", zap.Error(err))
@@ -204,9 +333,15 @@ func (s *Source) rebuild() {
 		s.o.Store.Replace(snap)
 	}
 	s.mu.Lock()
-	changed := len(m.Skipped) != len(s.skipped)
+	changed := !slices.Equal(m.Skipped, s.skipped)
 	s.skipped = m.Skipped
+	s.verdicts = pol.Verdicts
 	s.mu.Unlock()
+	if s.o.WriteStatus && s.aps != nil && err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		s.writeStatus(ctx, pol.Verdicts)
+		cancel()
+	}
 	if changed {
 		for _, line := range m.Skipped {
 			s.log.Info("kubernetes object left out", zap.String("why", line))

@@ -147,7 +147,6 @@ func keys[V any](m map[string]V) []string {
 	return out
 }
 
-func ptr[T any](v T) *T { return &v }
 
 func TestTranslateServices(t *testing.T) {
 	tr := Translator{TrustDomain: "cluster.local", ClusterDomain: "cluster.local"}

@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -104,6 +105,10 @@ func main() {
 			os.Exit(2)
 		}
 		cfg.Kube = cs
+		if cfg.KubeDynamic, err = dynamic.NewForConfig(rc); err != nil {
+			log.Error("ztunnel: -kube", zap.Error(err))
+			os.Exit(2)
+		}
 	}
 	a, err := app.New(cfg)
 	if err != nil {
