@@ -147,7 +147,6 @@ func keys[V any](m map[string]V) []string {
 	return out
 }
 
-
 func TestTranslateServices(t *testing.T) {
 	tr := Translator{TrustDomain: "cluster.local", ClusterDomain: "cluster.local"}
 	web := pod("shop", "web", "10.0.0.1", map[string]string{"app": "web"})
