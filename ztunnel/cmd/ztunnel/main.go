@@ -56,6 +56,7 @@ func main() {
 	flag.IntVar(&cfg.MaxConnsPerWorkload, "max-conns-per-workload", 0, "inbound connections per workload (0 = 16384)")
 	caAddr := flag.String("ca-addr", "", "in-cluster CA (strait-ca), host:port, e.g. strait-ca.strait-system.svc:15012; empty: the embedded file-backed CA in -ca-dir")
 	caToken := flag.String("ca-token-file", caclient.DefaultTokenFile, "projected service-account token (audience strait-ca) presented to -ca-addr; re-read on every request")
+	caServerName := flag.String("ca-server-name", "", "name verified in the CA's certificate (default: the host of -ca-addr; set it when -ca-addr is an IP)")
 	caRoots := flag.String("ca-roots-file", "/var/run/secrets/strait-ca/roots.pem", "trust bundle (roots.pem of the strait-ca-bundle ConfigMap): verifies -ca-addr and mesh peers")
 	level := flag.String("log-level", "info", "debug, info, warn or error (changeable at runtime: /logging)")
 	flag.Parse()
@@ -84,7 +85,7 @@ func main() {
 			os.Exit(2)
 		}
 		cc, err := caclient.New(caclient.Config{
-			Addr: *caAddr, TokenFile: *caToken, RootsFile: *caRoots, TrustDomain: td, Logger: log.Named("caclient"),
+			Addr: *caAddr, ServerName: *caServerName, TokenFile: *caToken, RootsFile: *caRoots, TrustDomain: td, Logger: log.Named("caclient"),
 		})
 		if err != nil {
 			log.Error("ztunnel: cannot start", zap.Error(err))
