@@ -19,8 +19,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/zap"
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/strait-mesh/strait/cni/zds"
 	"github.com/strait-mesh/strait/identity/ca"
@@ -42,11 +41,10 @@ type Config struct {
 	// ConfigFile is the workloads/services/policies YAML (watched);
 	// unused with Kube.
 	ConfigFile string
-	// Kube, if set, is the Kubernetes API client the store is fed from
-	// (ztunnel/kube) instead of ConfigFile.
-	Kube kubernetes.Interface
-	// KubeDynamic reads the policy CRDs with Kube (optional).
-	KubeDynamic dynamic.Interface
+	// Kube, if set, reaches the Kubernetes API server the store is fed
+	// from (ztunnel/kube: workloads, services and the policy CRDs) instead
+	// of ConfigFile.
+	Kube *rest.Config
 	// ClusterDomain names services (<name>.<ns>.svc.<ClusterDomain>) with
 	// Kube (cluster.local).
 	ClusterDomain string
@@ -203,7 +201,7 @@ func New(cfg Config) (*App, error) {
 	a.pods = inpod.NewManager(a, cfg.DrainGrace, a.log.Named("inpod"))
 	if cfg.Kube != nil {
 		a.source, err = kube.New(kube.Options{
-			Client: cfg.Kube, Dynamic: cfg.KubeDynamic, WriteStatus: cfg.KubeDynamic != nil, Store: a.store, Logger: a.log.Named("kube"),
+			Config: cfg.Kube, Policies: true, WriteStatus: true, Store: a.store, Logger: a.log.Named("kube"),
 			Translator: kube.Translator{TrustDomain: cfg.TrustDomain, ClusterDomain: cfg.ClusterDomain},
 			OnRebuild: func(st kube.Stats) {
 				a.metrics.ConfigReload(st.Err == nil)

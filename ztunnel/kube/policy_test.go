@@ -48,7 +48,7 @@ func TestPoliciesFromCRDs(t *testing.T) {
 		t.Fatal(err)
 	}
 	st := store.New()
-	src, err := kube.New(kube.Options{Client: c.Client, Dynamic: dyn, WriteStatus: true, Store: st,
+	src, err := kube.New(kube.Options{Config: c.Config, Policies: true, WriteStatus: true, Store: st,
 		Translator: kube.Translator{TrustDomain: "cluster.local", ClusterDomain: "cluster.local"}, Debounce: 20 * time.Millisecond, Logger: zaptest.NewLogger(t)})
 	if err != nil {
 		t.Fatal(err)

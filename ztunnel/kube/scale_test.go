@@ -1,10 +1,18 @@
 package kube_test
 
 import (
+	"bytes"
 	"context"
 	"flag"
 	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -42,6 +50,13 @@ func BenchmarkSyncScale(b *testing.B) {
 		b.Fatal(err)
 	}
 	c.Client = cs // the kubelet helpers use it too
+	// A ztunnel process against the empty cluster: the RSS baseline.
+	dir := b.TempDir()
+	zt := filepath.Join(dir, "ztunnel")
+	if out, err := exec.Command("go", "build", "-o", zt, "github.com/strait-mesh/strait/ztunnel/cmd/ztunnel").CombinedOutput(); err != nil {
+		b.Fatalf("go build ztunnel: %v\n%s", err, out)
+	}
+	_, rss0 := ztunnelRSS(b, zt, c.KubeconfigPath, dir)
 	const namespaces = 10
 	for i := range namespaces {
 		if err := c.EnsureNamespace(ctx, fmt.Sprintf("ns-%d", i)); err != nil {
@@ -113,18 +128,18 @@ func BenchmarkSyncScale(b *testing.B) {
 	}
 	b.Logf("filled the API server with %d pods and %d services in %v", *scalePods, *scaleServices, time.Since(fill).Round(time.Millisecond))
 
-	// The source reads with protobuf, as ztunnel does (kube.ClientConfig).
-	pcs, err := kubernetes.NewForConfig(kube.ClientConfig(rest.CopyConfig(c.Config)))
-	if err != nil {
-		b.Fatal(err)
-	}
+	// The same ztunnel binary against the full cluster.
+	readyIn, rss1 := ztunnelRSS(b, zt, c.KubeconfigPath, dir)
+	b.ReportMetric(float64(rss1-rss0)/float64(*scalePods), "ztunnel_rss_KiB/pod")
+	b.Logf("ztunnel process (-kube): RSS %.1f MiB with an empty cluster, %.1f MiB with %d pods and %d services (%.2f KiB per pod), ready %v after start",
+		float64(rss0)/1024, float64(rss1)/1024, *scalePods, *scaleServices, float64(rss1-rss0)/float64(*scalePods), readyIn.Round(time.Millisecond))
 	b.ResetTimer()
 	for range b.N {
 		runtime.GC()
 		var m0, m1 runtime.MemStats
 		runtime.ReadMemStats(&m0)
 		st := store.New()
-		src, err := kube.New(kube.Options{Client: pcs, Store: st, Translator: kube.Translator{TrustDomain: "cluster.local", ClusterDomain: "cluster.local"}, Logger: zap.NewNop()})
+		src, err := kube.New(kube.Options{Config: c.Config, Store: st, Translator: kube.Translator{TrustDomain: "cluster.local", ClusterDomain: "cluster.local"}, Logger: zap.NewNop()})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -170,4 +185,60 @@ func BenchmarkSyncScale(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// ztunnelRSS starts the ztunnel binary with -kube against the cluster
+// (no node agent, file CA), waits until it is ready, lets it settle and
+// returns the time to ready and its VmRSS in KiB.
+func ztunnelRSS(b *testing.B, bin, kubeconfig, dir string) (time.Duration, int64) {
+	b.Helper()
+	ready := freeAddr(b)
+	cmd := exec.Command(bin, "-kube", "-kubeconfig", kubeconfig, "-node", "node-0", "-ca-dir", filepath.Join(dir, "ca"), "-zds-socket", "",
+		"-admin-addr", freeAddr(b), "-ready-addr", ready, "-metrics-addr", freeAddr(b), "-log-level", "warn")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() {
+		cmd.Process.Signal(os.Interrupt)
+		cmd.Wait()
+	}()
+	var readyIn time.Duration
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		resp, err := http.Get("http://" + ready + "/healthz/ready")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				readyIn = time.Since(start)
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("ztunnel not ready after 60 s:\n%s", out.String())
+		}
+	}
+	time.Sleep(3 * time.Second) // settle: the first rebuilds' garbage collected
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", cmd.Process.Pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, l := range strings.Split(string(status), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
+			kib, _ := strconv.ParseInt(f[1], 10, 64)
+			return readyIn, kib
+		}
+	}
+	b.Fatal("no VmRSS")
+	return 0, 0
+}
+
+func freeAddr(b *testing.B) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
 }

@@ -14,10 +14,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/dynamic/dynamicinformer"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 
@@ -25,11 +21,12 @@ import (
 	"github.com/strait-mesh/strait/ztunnel/store"
 )
 
-// ClientConfig tunes a client configuration for the source: protobuf on
-// the wire (several times cheaper to decode than JSON, which matters for
-// the initial list of every pod in the cluster) and a rate limit that
-// does not throttle the informers' few requests.
-func ClientConfig(c *rest.Config) *rest.Config {
+// clientConfig tunes the source's client configuration: protobuf on the
+// wire (several times cheaper to decode than JSON, which matters for the
+// initial list of every pod in the cluster) and a rate limit that does not
+// throttle the informers' few requests.
+func clientConfig(c *rest.Config) *rest.Config {
+	c = rest.CopyConfig(c)
 	c.ContentType = "application/vnd.kubernetes.protobuf"
 	c.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
 	if c.QPS == 0 {
@@ -40,11 +37,12 @@ func ClientConfig(c *rest.Config) *rest.Config {
 
 // Options configure a Source.
 type Options struct {
-	Client kubernetes.Interface
-	// Dynamic, if set, reads the policy CRDs (AuthorizationPolicy,
+	// Config reaches the API server.
+	Config *rest.Config
+	// Policies reads the policy CRDs (AuthorizationPolicy,
 	// PeerAuthentication); without it, or when the CRDs are not
 	// installed, the mesh has no policies.
-	Dynamic dynamic.Interface
+	Policies bool
 	// RootNamespace holds mesh-wide policies (strait-system).
 	RootNamespace string
 	// WriteStatus sets each policy's Accepted condition (server-side
@@ -68,16 +66,15 @@ type Stats struct {
 
 // Source keeps a store in step with the API server.
 type Source struct {
-	o       Options
-	log     *zap.Logger
-	factory informers.SharedInformerFactory
-	pods    cache.SharedIndexInformer
-	nss     cache.SharedIndexInformer
-	svcs    cache.SharedIndexInformer
-	slices  cache.SharedIndexInformer
-	dynF    dynamicinformer.DynamicSharedInformerFactory
-	aps     cache.SharedIndexInformer // nil without policies
-	pas     cache.SharedIndexInformer
+	o      Options
+	log    *zap.Logger
+	c      *clients
+	pods   cache.SharedIndexInformer
+	nss    cache.SharedIndexInformer
+	svcs   cache.SharedIndexInformer
+	slices cache.SharedIndexInformer
+	aps    cache.SharedIndexInformer // nil without policies
+	pas    cache.SharedIndexInformer
 
 	kick      chan struct{}
 	ready     chan struct{}
@@ -91,8 +88,8 @@ type Source struct {
 
 // New prepares the informers; nothing runs until Run.
 func New(o Options) (*Source, error) {
-	if o.Client == nil || o.Store == nil {
-		return nil, errors.New("kube: a client and a store are required")
+	if o.Config == nil || o.Store == nil {
+		return nil, errors.New("kube: a client configuration and a store are required")
 	}
 	if o.TrustDomain == "" {
 		o.TrustDomain = "cluster.local"
@@ -110,26 +107,37 @@ func New(o Options) (*Source, error) {
 		o.RootNamespace = v1alpha1.RootNamespace
 	}
 	s := &Source{o: o, log: o.Logger, kick: make(chan struct{}, 1), ready: make(chan struct{})}
-	s.factory = informers.NewSharedInformerFactoryWithOptions(o.Client, 0, informers.WithTransform(Slim))
-	s.pods = s.factory.Core().V1().Pods().Informer()
-	s.nss = s.factory.Core().V1().Namespaces().Informer()
-	s.svcs = s.factory.Core().V1().Services().Informer()
-	s.slices = s.factory.Discovery().V1().EndpointSlices().Informer()
+	c, err := newClients(clientConfig(o.Config))
+	if err != nil {
+		return nil, err
+	}
+	s.c = c
+	s.pods = informer(c.core, "pods", &corev1.Pod{})
+	s.nss = informer(c.core, "namespaces", &corev1.Namespace{})
+	s.svcs = informer(c.core, "services", &corev1.Service{})
+	s.slices = informer(c.discovery, "endpointslices", &discoveryv1.EndpointSlice{})
 	h := cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { s.dirty() },
 		UpdateFunc: func(any, any) { s.dirty() },
 		DeleteFunc: func(any) { s.dirty() },
 	}
 	infs := []cache.SharedIndexInformer{s.pods, s.nss, s.svcs, s.slices}
-	if o.Dynamic != nil {
-		if ok, err := policiesInstalled(o.Client); err != nil {
+	for _, inf := range infs {
+		if err := inf.SetTransform(Slim); err != nil {
+			return nil, fmt.Errorf("kube: %w", err)
+		}
+	}
+	if o.Policies {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		ok, err := c.policiesInstalled(ctx)
+		cancel()
+		if err != nil {
 			return nil, err
 		} else if !ok {
 			s.log.Warn("the policy CRDs (security.strait.dev/v1alpha1) are not installed: no authorization policies or peer authentications until ztunnel restarts after they are")
 		} else {
-			s.dynF = dynamicinformer.NewDynamicSharedInformerFactory(o.Dynamic, 0)
-			s.aps = s.dynF.ForResource(AuthorizationPolicies).Informer()
-			s.pas = s.dynF.ForResource(PeerAuthentications).Informer()
+			s.aps = dynInformer(c.dyn, AuthorizationPolicies)
+			s.pas = dynInformer(c.dyn, PeerAuthentications)
 			for _, inf := range []cache.SharedIndexInformer{s.aps, s.pas} {
 				if err := inf.SetTransform(typedTransform); err != nil {
 					return nil, fmt.Errorf("kube: %w", err)
@@ -144,24 +152,6 @@ func New(o Options) (*Source, error) {
 		}
 	}
 	return s, nil
-}
-
-// policiesInstalled asks discovery whether the policy CRDs are served.
-func policiesInstalled(c kubernetes.Interface) (bool, error) {
-	rl, err := c.Discovery().ServerResourcesForGroupVersion(v1alpha1.SchemeGroupVersion.String())
-	if apierrors.IsNotFound(err) {
-		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("kube: discovery of %s: %w", v1alpha1.SchemeGroupVersion, err)
-	}
-	n := 0
-	for _, r := range rl.APIResources {
-		if r.Name == AuthorizationPolicies.Resource || r.Name == PeerAuthentications.Resource {
-			n++
-		}
-	}
-	return n == 2, nil
 }
 
 func (s *Source) dirty() {
@@ -195,27 +185,23 @@ func (s *Source) Skipped() []string {
 // Run starts the informers and keeps the store current until ctx ends.
 func (s *Source) Run(ctx context.Context) error {
 	start := time.Now()
-	s.factory.Start(ctx.Done())
-	defer s.factory.Shutdown()
-	if s.dynF != nil {
-		s.dynF.Start(ctx.Done())
-		defer s.dynF.Shutdown()
-		for gvr, ok := range s.dynF.WaitForCacheSync(ctx.Done()) {
-			if !ok {
-				if ctx.Err() != nil {
-					return ctx.Err()
-				}
-				return fmt.Errorf("kube: informer for %v did not sync", gvr)
-			}
+	ictx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() { stop(); wg.Wait() }()
+	var synced []cache.InformerSynced
+	for _, inf := range []cache.SharedIndexInformer{s.pods, s.nss, s.svcs, s.slices, s.aps, s.pas} {
+		if inf == nil {
+			continue
 		}
+		wg.Add(1)
+		go func() { defer wg.Done(); inf.RunWithContext(ictx) }()
+		synced = append(synced, inf.HasSynced)
 	}
-	for typ, ok := range s.factory.WaitForCacheSync(ctx.Done()) {
-		if !ok {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			return fmt.Errorf("kube: informer for %v did not sync", typ)
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
+		if ctx.Err() != nil {
+			return ctx.Err()
 		}
+		return errors.New("kube: informers did not sync")
 	}
 	s.rebuild()
 	s.synced = time.Since(start)
@@ -282,7 +268,7 @@ func (s *Source) writeStatus(ctx context.Context, vs []Verdict) {
 		}
 		patch, err := statusPatch(v, now)
 		if err == nil {
-			_, err = s.o.Dynamic.Resource(v.Resource).Namespace(v.Namespace).Patch(ctx, v.Name, types.ApplyPatchType, patch,
+			_, err = s.c.dyn.Resource(v.Resource).Namespace(v.Namespace).Patch(ctx, v.Name, types.ApplyPatchType, patch,
 				metav1.PatchOptions{FieldManager: "strait-ztunnel", Force: ptr(true)}, "status")
 		}
 		if err != nil && !apierrors.IsNotFound(err) {

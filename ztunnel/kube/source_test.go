@@ -33,7 +33,7 @@ func waitFor(t *testing.T, st *store.Store, d time.Duration, what string, cond f
 func startSource(t *testing.T, c *kubetest.Cluster) (*kube.Source, *store.Store) {
 	t.Helper()
 	st := store.New()
-	src, err := kube.New(kube.Options{Client: c.Client, Store: st, Translator: kube.Translator{TrustDomain: "cluster.local", ClusterDomain: "cluster.local"},
+	src, err := kube.New(kube.Options{Config: c.Config, Store: st, Translator: kube.Translator{TrustDomain: "cluster.local", ClusterDomain: "cluster.local"},
 		Debounce: 20 * time.Millisecond, Logger: zaptest.NewLogger(t)})
 	if err != nil {
 		t.Fatal(err)

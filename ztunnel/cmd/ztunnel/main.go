@@ -18,14 +18,11 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/strait-mesh/strait/identity/caclient"
 	"github.com/strait-mesh/strait/ztunnel/app"
-	"github.com/strait-mesh/strait/ztunnel/kube"
 )
 
 // kubeRESTConfig loads a kubeconfig file, or the in-cluster configuration.
@@ -100,16 +97,7 @@ func main() {
 			log.Error("ztunnel: -kube", zap.Error(err))
 			os.Exit(2)
 		}
-		cs, err := kubernetes.NewForConfig(kube.ClientConfig(rc))
-		if err != nil {
-			log.Error("ztunnel: -kube", zap.Error(err))
-			os.Exit(2)
-		}
-		cfg.Kube = cs
-		if cfg.KubeDynamic, err = dynamic.NewForConfig(rc); err != nil {
-			log.Error("ztunnel: -kube", zap.Error(err))
-			os.Exit(2)
-		}
+		cfg.Kube = rc
 	}
 	a, err := app.New(cfg)
 	if err != nil {
