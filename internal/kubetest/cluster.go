@@ -125,6 +125,8 @@ type Cluster struct {
 
 	mu        sync.Mutex
 	etcd      *process
+	etcdArgs  []string // to restart it on the same ports and data
+	etcdURL   string
 	apiserver *process
 	stopped   bool
 }
@@ -281,23 +283,24 @@ func (c *Cluster) startEtcd() (string, error) {
 		peer := "http://127.0.0.1:" + strconv.Itoa(ports[1])
 		dataDir := filepath.Join(c.Dir, "etcd-data")
 		_ = os.RemoveAll(dataDir)
-		p, err := startProcess("etcd", filepath.Join(c.Dir, "etcd.log"), c.etcdBin,
+		args := []string{
 			"--name=kubetest",
-			"--data-dir="+dataDir,
-			"--listen-client-urls="+client,
-			"--advertise-client-urls="+client,
-			"--listen-peer-urls="+peer,
-			"--initial-advertise-peer-urls="+peer,
-			"--initial-cluster=kubetest="+peer,
+			"--data-dir=" + dataDir,
+			"--listen-client-urls=" + client,
+			"--advertise-client-urls=" + client,
+			"--listen-peer-urls=" + peer,
+			"--initial-advertise-peer-urls=" + peer,
+			"--initial-cluster=kubetest=" + peer,
 			"--initial-cluster-state=new",
 			"--unsafe-no-fsync",
 			"--log-level=warn",
-		)
+		}
+		p, err := startProcess("etcd", filepath.Join(c.Dir, "etcd.log"), c.etcdBin, args...)
 		if err != nil {
 			return "", err
 		}
 		c.mu.Lock()
-		c.etcd = p
+		c.etcd, c.etcdArgs, c.etcdURL = p, args, client
 		c.mu.Unlock()
 		lastErr = waitHTTP(p, http.DefaultClient, client+"/health", 30*time.Second, func(body []byte) bool {
 			return strings.Contains(string(body), `"health":"true"`)
@@ -433,6 +436,38 @@ func (c *Cluster) Stop() {
 // Restart stops the API server and starts it again on the same port with
 // the same etcd, certificates and flags (watch clients see the connection
 // drop and must resume). It returns once the server is ready again.
+// RestartAll stops the API server and etcd, then starts etcd again on
+// the same ports with the same data, and the API server after it: a
+// control-plane outage that loses nothing stored.
+func (c *Cluster) RestartAll(t testing.TB) {
+	t.Helper()
+	c.mu.Lock()
+	api, etcd, args, url := c.apiserver, c.etcd, c.etcdArgs, c.etcdURL
+	c.mu.Unlock()
+	start := time.Now()
+	api.stop(10 * time.Second)
+	etcd.stop(10 * time.Second)
+	stopped := time.Now()
+	p, err := startProcess("etcd", filepath.Join(c.Dir, "etcd.log"), c.etcdBin, args...)
+	if err == nil {
+		c.mu.Lock()
+		c.etcd = p
+		c.mu.Unlock()
+		err = waitHTTP(p, http.DefaultClient, url+"/health", 30*time.Second, func(body []byte) bool {
+			return strings.Contains(string(body), `"health":"true"`)
+		})
+	}
+	if err == nil {
+		err = c.startAPIServer()
+	}
+	if err != nil {
+		c.LogTail(t)
+		t.Fatalf("kubetest: restart etcd and kube-apiserver: %v", err)
+	}
+	t.Logf("kubetest: kube-apiserver and etcd stopped in %v, ready again in %v", stopped.Sub(start).Round(time.Millisecond), time.Since(stopped).Round(time.Millisecond))
+}
+
+// Restart restarts the API server alone (same etcd, same port).
 func (c *Cluster) Restart(t testing.TB) {
 	t.Helper()
 	c.mu.Lock()

@@ -414,7 +414,7 @@ func TestKubernetesEndToEnd(t *testing.T) {
 		}
 	})
 
-	t.Run("API server restart under traffic: no connection lost, resync", func(t *testing.T) {
+	t.Run("API server and etcd restart under traffic: no connection lost, resync", func(t *testing.T) {
 		ns, err := m.topo.Pod("client").OpenNetNS()
 		if err != nil {
 			t.Fatal(err)
@@ -466,11 +466,11 @@ func TestKubernetesEndToEnd(t *testing.T) {
 				time.Sleep(20 * time.Millisecond)
 			}
 		}()
-		m.c.Restart(t)
+		m.c.RestartAll(t)
 		close(stop)
 		wg.Wait()
 		if fails > 0 || oks == 0 {
-			t.Errorf("during the API server restart: %d connections ok, %d failed", oks, fails)
+			t.Errorf("during the API server and etcd restart: %d connections ok, %d failed", oks, fails)
 		}
 		if err := ping(long, "after"); err != nil {
 			t.Fatalf("the connection opened before the restart broke: %v", err)
