@@ -15,7 +15,7 @@ INTEROP_MODULES := internal/istiointerop
 CMDS := $(shell $(GO) list -f '{{if eq .Name "main"}}{{.ImportPath}}{{end}}' ./... 2>/dev/null)
 TEST_FLAGS ?= -race -shuffle=on -count=1 -timeout 20m
 
-.PHONY: help demo build test test-unit test-allocs test-interop lint fmt bench bench-smoke tools kube-bins clean
+.PHONY: help demo build test test-unit test-allocs test-interop lint fmt bench bench-kube bench-smoke tools kube-bins clean
 
 help: ## list targets
 	@grep -hE '^[a-z][a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -67,6 +67,9 @@ verify-gen: ## fail when deepcopy or CRD YAML differ from what make generate wri
 bench: build ## every system side by side on the netns topology (root, ~12 min), then regenerates docs/benchmarks.md
 	$(GO) run ./benchmarks/netns -ztunnel $(BIN)/ztunnel -out benchmarks/results/latest.json
 	$(GO) run ./benchmarks/report -in benchmarks/results/latest.json -doc docs/benchmarks.md -img docs/img/bench
+
+bench-kube: ## ztunnel's Kubernetes source with 10 000 pods and 2 000 services in a real API server: sync time, memory (make kube-bins first; ~4 min)
+	$(GO) test -count=1 -run '^$$' -bench SyncScale -benchtime=1x -timeout 30m ./ztunnel/kube/ -args -kube-pods 10000 -kube-services 2000
 
 SMOKE_DIR ?= $(or $(TMPDIR),/tmp)/strait-bench-smoke
 bench-smoke: build ## every go benchmark once, then the harness for ~1 s per scenario and the report on its output (root), so none rots

@@ -198,7 +198,7 @@ func run() (code int) {
 	ztBin := flag.String("ztunnel", "bin/ztunnel", "ztunnel binary (`make build`)")
 	fortioBin := flag.String("fortio", "", "fortio "+fortioVersion+" binary (default: GOPATH/bin or PATH, installed with go install if missing)")
 	workers := flag.Int("conn-workers", 64, "parallel loops of the connection-rate client")
-	idle := flag.String("idle-conns", "", "idle tunneled connection counts for the RSS scenario, cumulative (default 10000; 200 with -quick)")
+	idle := flag.String("idle-conns", "", "idle tunneled connection counts for the RSS scenario, cumulative (default 5000,10000; 200 with -quick)")
 	noProfile := flag.Bool("no-profile", false, "skip the CPU profiles of the ztunnels (always skipped with -quick)")
 	ztLog := flag.String("ztunnel-log-level", "info", "ztunnel -log-level")
 	only := flag.String("only", "", "run only these scenarios, comma-separated: "+strings.Join(scenarios, ","))
@@ -214,7 +214,7 @@ func run() (code int) {
 	}
 	set := settings{Quick: *quick, Rounds: 3, LatencyDur: 10 * time.Second, LatencyMaxDur: 5 * time.Second,
 		ThroughDur: 5 * time.Second, ConnDur: 5 * time.Second,
-		IdleConns: []int{10000}, ConnWorkers: *workers, Profile: !*noProfile && !*quick, ZtunnelLog: *ztLog}
+		IdleConns: []int{5000, 10000}, ConnWorkers: *workers, Profile: !*noProfile && !*quick, ZtunnelLog: *ztLog}
 	set.LimitMax, set.LimitTries = 5000, 10000
 	if *quick {
 		// About a second per scenario: keeps the harness working (CI).
@@ -928,7 +928,13 @@ func (b *bench) idleConns(s *system, idle map[string]int64) error {
 	for k, v := range idle {
 		prevRSS[k] = v
 	}
+	var rl syscall.Rlimit
+	_ = syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl)
 	for _, n := range b.set.IdleConns {
+		if need := uint64(n*fdsPerConn(s.name)) + 1000; need > rl.Cur {
+			b.note("%s: %s skipped: its proxies need about %d open files per connection, %d in all, above the open-files limit %d", s.name, idleScenario(n), fdsPerConn(s.name), need, rl.Cur)
+			break
+		}
 		t0 := time.Now()
 		fmt.Fprintf(pw, "open %d\n", n-prev)
 		line, err := outBuf.wait(b.ctx, p, 180*time.Second)
@@ -972,6 +978,21 @@ func (b *bench) idleConns(s *system, idle map[string]int64) error {
 		prev = n
 	}
 	return nil
+}
+
+// fdsPerConn is how many sockets a system's busiest proxy holds per
+// client connection: one for the multiplexing HBONE proxies (their
+// tunnels share a few TLS connections), two for stunnel (one TLS
+// connection per client connection), three for the haproxy glue (the
+// backend socket plus both ends of the internal abns@ hop on node-b).
+func fdsPerConn(system string) int {
+	switch system {
+	case "haproxy":
+		return 3
+	case "stunnel":
+		return 2
+	}
+	return 1
 }
 
 // safeLines collects a child's stdout lines.

@@ -10,7 +10,7 @@ import (
 // Display orders. Names not listed follow in the order they first appear
 // in the input.
 var (
-	scenarioOrder = []string{"throughput-1", "throughput-8", "latency-1000rps", "latency-max", "churn", "idle", "idle-10k", "ready"}
+	scenarioOrder = []string{"throughput-1", "throughput-8", "latency-1000rps", "latency-max", "churn", "idle", "idle-5k", "idle-10k", "ready"}
 	systemOrder   = []string{"direct", "strait", "strait-quic", "haproxy", "stunnel", "istio-go"}
 	metricOrder   = []string{"gbit_per_s", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "rps", "conns_per_s", "rss_mib", "rss_kib_per_conn", "cpu_ms_per_1k_req", "cpu_ms_per_1k_conns", "vcpu", "ready_ms", "errors", "retransmits", "other_vcpu"}
 )
@@ -23,6 +23,7 @@ var scenarioDesc = map[string]string{
 	"latency-max":     "fortio, HTTP/1.1 keep-alive, as fast as it goes (`-qps 0`) over 16 connections, 1 KiB payload: the maximum request rate and its latency.",
 	"churn":           "A new TCP connection per request (connect, 1-byte echo, close with RST), 64 parallel loops: connections/s and per-connection latency.",
 	"idle":            "Each proxy process 2 s after start, no connections: RSS (the larger node).",
+	"idle-5k":         "5 000 idle connections held through the proxies, each checked with a 1-byte echo: RSS, and RSS per connection above idle (the larger node). Every system can hold 5 000 under the 20 000 open-files limit.",
 	"idle-10k":        "10 000 idle connections held through the proxies, each checked with a 1-byte echo: RSS, and RSS per connection above idle (the larger node).",
 	"ready":           "Time from starting each proxy process until it is ready (ztunnel: `/healthz/ready` answers 200 with config and certificates loaded; the others: their listener accepts): the larger node.",
 }

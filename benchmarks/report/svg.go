@@ -61,7 +61,7 @@ func makePlots(m *model) []plot {
 			{ylabel: "connections/s", metric: "conns_per_s", scenarios: []string{"churn"}},
 		}},
 		{"memory", "Memory of the proxies", []barPanel{
-			{ylabel: "RSS per idle connection (KiB)", metric: "rss_kib_per_conn", scenarios: []string{"idle-10k"}},
+			{ylabel: "RSS per idle connection (KiB)", metric: "rss_kib_per_conn", scenarios: []string{"idle-5k", "idle-10k"}},
 			{ylabel: "idle RSS (MiB)", metric: "rss_mib", scenarios: []string{"idle"}},
 		}},
 	}
