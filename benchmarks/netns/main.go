@@ -983,7 +983,7 @@ func (b *bench) idleConns(s *system, idle map[string]int64) error {
 // fdsPerConn is how many sockets a system's busiest proxy holds per
 // client connection: one for the multiplexing HBONE proxies (their
 // tunnels share a few TLS connections), two for stunnel (one TLS
-// connection per client connection), three for the haproxy glue (the
+// connection per client connection), four for the haproxy glue (the
 // backend socket plus both ends of the internal abns@ hop on node-b).
 func fdsPerConn(system string) int {
 	switch system {

@@ -23,7 +23,7 @@ var scenarioDesc = map[string]string{
 	"latency-max":     "fortio, HTTP/1.1 keep-alive, as fast as it goes (`-qps 0`) over 16 connections, 1 KiB payload: the maximum request rate and its latency.",
 	"churn":           "A new TCP connection per request (connect, 1-byte echo, close with RST), 64 parallel loops: connections/s and per-connection latency.",
 	"idle":            "Each proxy process 2 s after start, no connections: RSS (the larger node).",
-	"idle-5k":         "5 000 idle connections held through the proxies, each checked with a 1-byte echo: RSS, and RSS per connection above idle (the larger node). Every system can hold 5 000 under the 20 000 open-files limit.",
+	"idle-5k":         "5 000 idle connections held through the proxies, each checked with a 1-byte echo: RSS, and RSS per connection above idle (the larger node). The harness skips a count a system cannot hold under the 20 000 open-files limit (see the notes).",
 	"idle-10k":        "10 000 idle connections held through the proxies, each checked with a 1-byte echo: RSS, and RSS per connection above idle (the larger node).",
 	"ready":           "Time from starting each proxy process until it is ready (ztunnel: `/healthz/ready` answers 200 with config and certificates loaded; the others: their listener accepts): the larger node.",
 }
