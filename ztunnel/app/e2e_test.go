@@ -109,40 +109,17 @@ func startMeshWith(t *testing.T, mod func(*Config)) *mesh {
 	return m
 }
 
-// servePod runs a server inside a pod's namespace (the pod's "app"),
-// calling handle on its own goroutine for each connection.
+// servePod runs a server inside a pod's namespace until the test ends.
 func servePod(t *testing.T, p *meshtest.Pod, port int, handle func(net.Conn)) {
-	ns, err := p.OpenNetNS()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	ln, err := ns.Listen(context.Background(), ":"+strconv.Itoa(port), inpod.SocketOpts{})
+	ln, err := meshtest.Serve(p, port, handle)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				handle(c)
-			}()
-		}
-	}()
 }
 
 // serveEcho echoes and half-closes after EOF.
-func serveEcho(t *testing.T, p *meshtest.Pod, port int) {
-	servePod(t, p, port, func(c net.Conn) {
-		io.Copy(c, c)
-		c.(*net.TCPConn).CloseWrite()
-	})
-}
+func serveEcho(t *testing.T, p *meshtest.Pod, port int) { servePod(t, p, port, meshtest.Echo) }
 
 // serveWhoAmI answers each connection with the peer address it sees.
 func serveWhoAmI(t *testing.T, p *meshtest.Pod, port int) {

@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -25,6 +24,7 @@ import (
 	"github.com/strait-mesh/strait/identity/caapi"
 	"github.com/strait-mesh/strait/identity/caroot"
 	"github.com/strait-mesh/strait/identity/caserver"
+	"github.com/strait-mesh/strait/internal/logging"
 )
 
 func main() {
@@ -44,19 +44,10 @@ func main() {
 	level := flag.String("log-level", "info", "debug, info, warn or error")
 	flag.Parse()
 
-	lvl, err := zap.ParseAtomicLevel(*level)
+	log, _, err := logging.New(*level)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "strait-ca: -log-level:", err)
+		fmt.Fprintf(os.Stderr, "strait-ca: -log-level: %v\n", err)
 		os.Exit(2)
-	}
-	zc := zap.NewProductionConfig()
-	zc.Level = lvl
-	zc.EncoderConfig.TimeKey = "time"
-	zc.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
-	log, err := zc.Build()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "strait-ca: logger:", err)
-		os.Exit(1)
 	}
 	defer log.Sync()
 	cfg.Logger = log

@@ -205,7 +205,11 @@ func startKubeMesh(t *testing.T) *kubeMesh {
 		t.Fatal(err)
 	}
 
-	serveEcho(t, topo.Pod("server"), 8080)
+	ln, err := meshtest.Serve(topo.Pod("server"), 8080, meshtest.Echo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
 
 	// One ztunnel per node, each with a token bound to its own pod on
 	// that node, fed by a node agent.
@@ -263,33 +267,6 @@ func (m *kubeMesh) label(t *testing.T, v string) {
 	if _, err := m.c.Client.CoreV1().Namespaces().Patch(context.Background(), "shop", types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// serveEcho echoes inside a pod's namespace, half-closing after EOF.
-func serveEcho(t *testing.T, p *meshtest.Pod, port int) {
-	ns, err := p.OpenNetNS()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	ln, err := ns.Listen(context.Background(), ":"+strconv.Itoa(port), inpod.SocketOpts{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.Copy(c, c)
-				c.(*net.TCPConn).CloseWrite()
-			}()
-		}
-	}()
 }
 
 // roundTrip sends msg from the client pod to the server's echo and

@@ -16,12 +16,12 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/strait-mesh/strait/identity/caclient"
+	"github.com/strait-mesh/strait/internal/logging"
 	"github.com/strait-mesh/strait/ztunnel/app"
 )
 
@@ -58,19 +58,10 @@ func main() {
 	level := flag.String("log-level", "info", "debug, info, warn or error (changeable at runtime: /logging)")
 	flag.Parse()
 
-	lvl, err := zap.ParseAtomicLevel(*level)
+	log, lvl, err := logging.New(*level)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "ztunnel: -log-level:", err)
+		fmt.Fprintf(os.Stderr, "ztunnel: -log-level: %v\n", err)
 		os.Exit(2)
-	}
-	zc := zap.NewProductionConfig()
-	zc.Level = lvl
-	zc.EncoderConfig.TimeKey = "time"
-	zc.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
-	log, err := zc.Build()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "ztunnel: logger:", err)
-		os.Exit(1)
 	}
 	defer log.Sync()
 	cfg.Logger, cfg.Level = log, lvl
