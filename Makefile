@@ -30,7 +30,7 @@ build: ## static binaries (CGO off) into bin/
 
 test: test-unit test-allocs test-interop ## every test, -race, shuffled (root-only tests skip with a reason when not root)
 
-test-unit: ## tests of the main module
+test-unit: kube-bins ## tests of the main module (builds the kube-apiserver and etcd test binaries first, once)
 	$(GO) test $(TEST_FLAGS) ./...
 
 test-allocs: ## allocation budgets (without -race, which makes sync.Pool drop items)
