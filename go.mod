@@ -3,6 +3,7 @@ module github.com/strait-mesh/strait
 go 1.26.0
 
 require (
+	github.com/containernetworking/cni v1.3.0
 	github.com/containernetworking/plugins v1.9.1
 	github.com/google/nftables v0.3.0
 	github.com/prometheus/client_golang v1.25.0
