@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/strait-mesh/strait/cni/zds/zdspb"
+	"github.com/strait-mesh/strait/internal/netnstest"
 )
 
 // testTimeout bounds every test's context: a hang fails instead of
@@ -38,9 +39,7 @@ func sockPath(t *testing.T) string {
 // requireRoot is the one reason a test of this package may skip.
 func requireRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (CAP_SYS_ADMIN) to create a network namespace; CI runs as root")
-	}
+	netnstest.RequireRoot(t)
 }
 
 // newNetns creates a fresh network namespace and returns an fd for it. The

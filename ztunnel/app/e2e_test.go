@@ -24,6 +24,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/strait-mesh/strait/internal/meshtest"
+	"github.com/strait-mesh/strait/internal/netnstest"
 	"github.com/strait-mesh/strait/ztunnel/inpod"
 )
 
@@ -41,9 +42,7 @@ func startMesh(t *testing.T) *mesh { t.Helper(); return startMeshWith(t, nil) }
 // startMeshWith lets a test adjust each node's Config.
 func startMeshWith(t *testing.T, mod func(*Config)) *mesh {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for network namespaces (CI runs as root)")
-	}
+	netnstest.RequireRoot(t)
 	prefix := fmt.Sprintf("e2e%d", os.Getpid()%100000)
 	topo, err := meshtest.Build(prefix, meshtest.ShopSpec())
 	if err != nil {

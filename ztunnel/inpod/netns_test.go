@@ -10,15 +10,15 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/strait-mesh/strait/internal/netnstest"
 )
 
 // hostNS opens the test process's own namespace: entering it exercises
 // the same setns path as a pod's (and needs the same privilege).
 func hostNS(t *testing.T) *NetNS {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for setns (CI runs as root)")
-	}
+	netnstest.RequireRoot(t)
 	ns, err := OpenNetNS("/proc/self/ns/net")
 	if err != nil {
 		t.Fatal(err)

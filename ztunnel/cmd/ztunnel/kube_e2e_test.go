@@ -36,6 +36,7 @@ import (
 	"github.com/strait-mesh/strait/identity/caclient"
 	"github.com/strait-mesh/strait/internal/kubetest"
 	"github.com/strait-mesh/strait/internal/meshtest"
+	"github.com/strait-mesh/strait/internal/netnstest"
 	"github.com/strait-mesh/strait/ztunnel/inpod"
 	"github.com/strait-mesh/strait/ztunnel/kube"
 )
@@ -136,9 +137,7 @@ func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 
 func startKubeMesh(t *testing.T) *kubeMesh {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for network namespaces (CI runs as root)")
-	}
+	netnstest.RequireRoot(t)
 	dir := t.TempDir()
 	ztBin := buildBin(t, dir, "./ztunnel/cmd/ztunnel")
 	caBin := buildBin(t, dir, "./identity/cmd/strait-ca")
