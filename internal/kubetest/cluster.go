@@ -302,9 +302,7 @@ func (c *Cluster) startEtcd() (string, error) {
 		c.mu.Lock()
 		c.etcd, c.etcdArgs, c.etcdURL = p, args, client
 		c.mu.Unlock()
-		lastErr = waitHTTP(p, http.DefaultClient, client+"/health", 30*time.Second, func(body []byte) bool {
-			return strings.Contains(string(body), `"health":"true"`)
-		})
+		lastErr = waitEtcd(p, client)
 		if lastErr == nil {
 			return client, nil
 		}
@@ -436,6 +434,13 @@ func (c *Cluster) Stop() {
 // Restart stops the API server and starts it again on the same port with
 // the same etcd, certificates and flags (watch clients see the connection
 // drop and must resume). It returns once the server is ready again.
+// waitEtcd waits until etcd at url reports itself healthy.
+func waitEtcd(p *process, url string) error {
+	return waitHTTP(p, http.DefaultClient, url+"/health", 30*time.Second, func(body []byte) bool {
+		return strings.Contains(string(body), `"health":"true"`)
+	})
+}
+
 // RestartAll stops the API server and etcd, then starts etcd again on
 // the same ports with the same data, and the API server after it: a
 // control-plane outage that loses nothing stored.
@@ -453,9 +458,7 @@ func (c *Cluster) RestartAll(t testing.TB) {
 		c.mu.Lock()
 		c.etcd = p
 		c.mu.Unlock()
-		err = waitHTTP(p, http.DefaultClient, url+"/health", 30*time.Second, func(body []byte) bool {
-			return strings.Contains(string(body), `"health":"true"`)
-		})
+		err = waitEtcd(p, url)
 	}
 	if err == nil {
 		err = c.startAPIServer()

@@ -303,14 +303,13 @@ func listAs[T any](inf cache.SharedIndexInformer) []T {
 func (s *Source) rebuild() {
 	start := time.Now()
 	m := s.o.Translate(s.View())
-	st := Stats{Workloads: len(m.Workloads), Services: len(m.Services), Skipped: len(m.Skipped)}
 	pol := s.policies()
 	for _, v := range pol.Verdicts {
 		if !v.Accepted {
 			m.Skipped = append(m.Skipped, fmt.Sprintf("%s %s/%s: %s", v.Resource.Resource, v.Namespace, v.Name, v.Message))
 		}
 	}
-	st.Skipped = len(m.Skipped)
+	st := Stats{Workloads: len(m.Workloads), Services: len(m.Services), Skipped: len(m.Skipped)}
 	snap, err := store.NewSnapshot(m.Workloads, m.Services, pol.Authz, pol.PeerAuth)
 	if err != nil {
 		st.Err = fmt.Errorf("kube: snapshot refused, keeping the previous one: %w", err)
