@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -20,6 +18,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/strait-mesh/strait/cni/plugin"
+	"github.com/strait-mesh/strait/internal/cnitest"
 	"github.com/strait-mesh/strait/internal/netnstest"
 )
 
@@ -68,34 +67,13 @@ func (a *agent) last() plugin.Request {
 	return a.reqs[len(a.reqs)-1]
 }
 
-// build builds our plugin from this module and installs the reference
-// plugins at the version go.mod pins (go install pkg@version keeps their
-// dependencies out of our go.mod).
-func build(t *testing.T, dir string) {
-	t.Helper()
-	for _, args := range [][]string{
-		{"build", "-o", dir + "/", "github.com/strait-mesh/strait/cni/cmd/strait-cni"},
-		{"install", "github.com/containernetworking/plugins/plugins/main/bridge@" + pluginsVersion,
-			"github.com/containernetworking/plugins/plugins/ipam/host-local@" + pluginsVersion},
-	} {
-		cmd := exec.Command("go", args...)
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOBIN="+dir, "GOFLAGS=")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("go %v: %v\n%s", args, err, out)
-		}
-	}
-}
-
-// pluginsVersion is the containernetworking/plugins version of go.mod.
-const pluginsVersion = "v1.9.1"
-
 // The real chain through libcni, as a kubelet runs it: the reference
 // bridge and host-local plugins, then strait-cni, in a node namespace the
 // test made (the bridge lives there) for a pod namespace the test made.
 func TestChainThroughLibcni(t *testing.T) {
 	netnstest.RequireRoot(t)
 	bin := t.TempDir()
-	build(t, bin)
+	cnitest.Install(t, bin, "../..")
 	node, pod := netnstest.New(t), netnstest.New(t)
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "cni.sock")

@@ -86,13 +86,27 @@ func (c *Cluster) CreatePod(ctx context.Context, spec PodSpec) (*corev1.Pod, err
 	if !ip.IsValid() {
 		return pod, nil
 	}
-	hostIP := spec.HostIP
+	return c.setRunning(ctx, pod, ip, spec.HostIP, spec.NotReady)
+}
+
+// StartPod patches the status of a created, pending pod like a kubelet
+// whose sandbox network is up (after the CNI ADD gave it ip): Running,
+// Ready, with podIP and hostIP.
+func (c *Cluster) StartPod(ctx context.Context, ns, name string, ip netip.Addr) (*corev1.Pod, error) {
+	pod, err := c.Client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("kubetest: pod %s/%s: %w", ns, name, err)
+	}
+	return c.setRunning(ctx, pod, ip, "", false)
+}
+
+func (c *Cluster) setRunning(ctx context.Context, pod *corev1.Pod, ip netip.Addr, hostIP string, notReady bool) (*corev1.Pod, error) {
 	if hostIP == "" {
-		hostIP = c.nodeIP(ctx, spec.Node)
+		hostIP = c.nodeIP(ctx, pod.Spec.NodeName)
 	}
 	now := metav1.NewTime(time.Now().Truncate(time.Second))
 	ready := corev1.ConditionTrue
-	if spec.NotReady {
+	if notReady {
 		ready = corev1.ConditionFalse
 	}
 	pod.Status = corev1.PodStatus{
@@ -111,13 +125,13 @@ func (c *Cluster) CreatePod(ctx context.Context, spec PodSpec) (*corev1.Pod, err
 		},
 		ContainerStatuses: []corev1.ContainerStatus{{
 			Name: "app", Image: PodImage, ImageID: PodImage, ContainerID: "containerd://kubetest-" + string(pod.UID),
-			Ready: !spec.NotReady, Started: ptr.To(true),
+			Ready: !notReady, Started: ptr.To(true),
 			State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: now}},
 		}},
 	}
-	pod, err = c.Client.CoreV1().Pods(spec.Namespace).UpdateStatus(ctx, pod, metav1.UpdateOptions{})
+	pod, err := c.Client.CoreV1().Pods(pod.Namespace).UpdateStatus(ctx, pod, metav1.UpdateOptions{})
 	if err != nil {
-		return nil, fmt.Errorf("kubetest: status of pod %s/%s: %w", spec.Namespace, spec.Name, err)
+		return nil, fmt.Errorf("kubetest: status of pod %s/%s: %w", pod.Namespace, pod.Name, err)
 	}
 	return pod, nil
 }

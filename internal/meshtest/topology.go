@@ -5,7 +5,7 @@
 // netns to the node's ztunnel over ZDS. Needs root and iproute2.
 //
 // All addresses live inside namespaces it creates: nodes 10.200.0.0/24,
-// pods of node i in 10.201.i.0/24.
+// pods of node i in 10.201.i.0/24 (Spec.Net moves both).
 package meshtest
 
 import (
@@ -25,6 +25,11 @@ import (
 type Spec struct {
 	Nodes []string
 	Pods  []PodSpec
+	// Net is the second octet of the node network 10.Net.0.0/24; pods of
+	// node i get 10.(Net+1).i.0/24. Zero means 200. Tests that search
+	// namespaces by address (the node agent does) pick their own, so a
+	// topology of a concurrent test never holds the same addresses.
+	Net byte
 }
 
 // PodSpec is one pod: its node, namespace and service account.
@@ -120,6 +125,12 @@ func Build(prefix string, spec Spec) (t *Topology, err error) {
 	if len(spec.Nodes) == 0 || len(spec.Nodes) > 50 {
 		return nil, errors.New("meshtest: between 1 and 50 nodes")
 	}
+	if spec.Net == 0 {
+		spec.Net = 200
+	}
+	if spec.Net == 255 {
+		return nil, errors.New("meshtest: Net must leave room for the pod network (Net+1)")
+	}
 	t = &Topology{Prefix: prefix, Switch: prefix + "sw"}
 	defer func() {
 		if err != nil {
@@ -139,9 +150,9 @@ func Build(prefix string, spec Spec) (t *Topology, err error) {
 		n := &Node{
 			Name:    name,
 			NS:      fmt.Sprintf("%sn%d", prefix, i),
-			IP:      netip.AddrFrom4([4]byte{10, 200, 0, byte(i + 1)}),
-			PodCIDR: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 201, byte(i + 1), 0}), 24),
-			Gateway: netip.AddrFrom4([4]byte{10, 201, byte(i + 1), 1}),
+			IP:      netip.AddrFrom4([4]byte{10, spec.Net, 0, byte(i + 1)}),
+			PodCIDR: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, spec.Net + 1, byte(i + 1), 0}), 24),
+			Gateway: netip.AddrFrom4([4]byte{10, spec.Net + 1, byte(i + 1), 1}),
 		}
 		if err := t.addNode(n, i); err != nil {
 			return nil, err
@@ -168,7 +179,7 @@ func Build(prefix string, spec Spec) (t *Topology, err error) {
 			PodSpec: ps,
 			UID:     fmt.Sprintf("%s-%s-uid", ps.Namespace, ps.Name),
 			NS:      fmt.Sprintf("%sp%d", prefix, j),
-			IP:      netip.AddrFrom4([4]byte{10, 201, n.PodCIDR.Addr().As4()[2], byte(n.pods + 1)}),
+			IP:      netip.AddrFrom4([4]byte{10, spec.Net + 1, n.PodCIDR.Addr().As4()[2], byte(n.pods + 1)}),
 			Node:    n,
 		}
 		if err := t.addPod(p, j); err != nil {

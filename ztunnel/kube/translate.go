@@ -9,14 +9,15 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 
+	"github.com/strait-mesh/strait/cni/enroll"
 	"github.com/strait-mesh/strait/ztunnel/store"
 )
 
 // Labels that decide enrollment.
 const (
-	LabelDataplaneMode = "strait.dev/dataplane-mode"
-	ModeAmbient        = "ambient"
-	ModeNone           = "none"
+	LabelDataplaneMode = enroll.LabelDataplaneMode
+	ModeAmbient        = enroll.ModeAmbient
+	ModeNone           = enroll.ModeNone
 	// LabelServiceName links an EndpointSlice to its Service.
 	LabelServiceName = discoveryv1.LabelServiceName
 )
@@ -44,15 +45,9 @@ type Translator struct {
 }
 
 // Enrolled reports whether a pod with these labels, in a namespace with
-// nsLabels, is in the mesh.
+// nsLabels, is in the mesh (the node agent applies the same rule).
 func Enrolled(podLabels, nsLabels map[string]string) bool {
-	switch podLabels[LabelDataplaneMode] {
-	case ModeNone:
-		return false
-	case ModeAmbient:
-		return true
-	}
-	return nsLabels[LabelDataplaneMode] == ModeAmbient
+	return enroll.Enrolled(podLabels, nsLabels)
 }
 
 // Translate builds workloads and services. It never fails: objects that
