@@ -155,6 +155,74 @@ func (a *Applier) Delete(ctx context.Context, objs []Object, crds bool) error {
 	return nil
 }
 
+// isWorkload reports whether o is a Deployment or a DaemonSet.
+func isWorkload(o Object) bool { return o.GetKind() == "Deployment" || o.GetKind() == "DaemonSet" }
+
+// DeleteWorkloads deletes the Deployments and DaemonSets of objs in the
+// foreground and waits until they are gone, that is until the garbage
+// collector has deleted their pods. Call it before Delete: while the pods
+// stop, their service accounts and RBAC still exist, so the node agent,
+// on SIGTERM, can read its DaemonSet, see it being deleted and unchain the
+// CNI plugin (a background delete removes the DaemonSet at once and the
+// RBAC right after, before the pods get SIGTERM). Missing workloads are
+// fine. After timeout it fails naming the workloads still there.
+func (a *Applier) DeleteWorkloads(ctx context.Context, objs []Object, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	type pending struct {
+		o Object
+		r dynamic.ResourceInterface
+	}
+	var left []pending
+	for i := len(objs) - 1; i >= 0; i-- {
+		o := objs[i]
+		if !isWorkload(o) {
+			continue
+		}
+		r, err := a.resource(o)
+		if err != nil {
+			return err
+		}
+		err = r.Delete(ctx, o.GetName(), metav1.DeleteOptions{PropagationPolicy: ptr(metav1.DeletePropagationForeground)})
+		switch {
+		case apierrors.IsNotFound(err):
+			continue
+		case err != nil:
+			return fmt.Errorf("manifest: delete %s: %w", o, err)
+		}
+		a.logf("deleting %s and its pods", o)
+		left = append(left, pending{o, r})
+	}
+	for len(left) > 0 {
+		var still []pending
+		for _, p := range left {
+			_, err := p.r.Get(ctx, p.o.GetName(), metav1.GetOptions{})
+			switch {
+			case apierrors.IsNotFound(err):
+				a.logf("deleted %s", p.o)
+			case err != nil && ctx.Err() == nil:
+				return fmt.Errorf("manifest: %s: %w", p.o, err)
+			default:
+				still = append(still, p)
+			}
+		}
+		left = still
+		if len(left) == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			names := make([]string, len(left))
+			for i, p := range left {
+				names[i] = p.o.String()
+			}
+			return fmt.Errorf("manifest: still being deleted after %v: %v (pods still terminating, or no garbage collector: is kube-controller-manager running?)", timeout, names)
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
 // ErrNoController is wrapped by WaitRollout when no controller acts on a
 // workload (its status.observedGeneration never moves), e.g. a cluster
 // without kube-controller-manager.
@@ -169,7 +237,7 @@ func (a *Applier) WaitRollout(ctx context.Context, objs []Object, timeout, noCon
 	defer cancel()
 	start := time.Now()
 	for _, o := range objs {
-		if o.GetKind() != "Deployment" && o.GetKind() != "DaemonSet" {
+		if !isWorkload(o) {
 			continue
 		}
 		r, err := a.resource(o)

@@ -1,14 +1,19 @@
 // Command straitctl installs, removes and inspects Strait on a cluster.
 //
 //	straitctl install [--dry-run=client|server] [--wait 5m]
-//	straitctl uninstall [--crds]
+//	straitctl uninstall [--crds] [--wait 5m]
 //	straitctl status
 //
 // install server-side applies the manifests embedded from deploy/ (CRDs
 // first, waiting until they are established), then waits for the CA
-// Deployment and the ztunnel DaemonSet to roll out. --dry-run=client
-// prints the YAML instead; --dry-run=server has the API server validate
-// and admit everything without persisting it.
+// Deployment and both DaemonSets (ztunnel and the CNI node agent) to roll
+// out. --dry-run=client prints the YAML instead; --dry-run=server has the
+// API server validate and admit everything without persisting it.
+//
+// uninstall first deletes the DaemonSets and the CA in the foreground and
+// waits until their pods are gone (--wait): the node agent unchains the
+// CNI plugin on SIGTERM only when it can still read its DaemonSet being
+// deleted, so its RBAC goes afterwards.
 package main
 
 import (
@@ -62,7 +67,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	switch cmd {
 	case "install":
 		dry := fs.String("dry-run", "none", "none, client (print the YAML, touch nothing) or server (the API server validates, persists nothing)")
-		wait := fs.Duration("wait", 5*time.Minute, "how long to wait for the CA and ztunnel to roll out (0: do not wait)")
+		wait := fs.Duration("wait", 5*time.Minute, "how long to wait for the CA, ztunnel and the CNI node agent to roll out (0: do not wait)")
 		grace := fs.Duration("controller-grace", 30*time.Second, "give up waiting early when no controller has acted on a workload after this long")
 		if err := fs.Parse(args); err != nil {
 			return err
@@ -98,6 +103,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return nil
 	case "uninstall":
 		crds := fs.Bool("crds", false, "also delete the CRDs, and with them every AuthorizationPolicy and PeerAuthentication")
+		wait := fs.Duration("wait", 5*time.Minute, "how long to wait for the DaemonSets' and the CA's pods to be gone before deleting the rest (0: delete everything at once; node agents may then leave the CNI plugin chained)")
 		if err := fs.Parse(args); err != nil {
 			return err
 		}
@@ -108,6 +114,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		a, err := applier(*kubeconfig, stdout)
 		if err != nil {
 			return err
+		}
+		if *wait > 0 {
+			if err := a.DeleteWorkloads(ctx, objs, *wait); err != nil {
+				return fmt.Errorf("%w\nnothing else was deleted, so the node agents can still read their DaemonSet and unchain the CNI plugin; run uninstall again (or with --wait=0 to delete everything now)", err)
+			}
 		}
 		return a.Delete(ctx, objs, *crds)
 	case "status":

@@ -71,10 +71,12 @@ func status(ctx context.Context, cs kubernetes.Interface, w io.Writer) error {
 	} else {
 		fmt.Fprintf(tw, "strait-ca (Deployment)\t%s\n", notFound(err))
 	}
-	if ds, err := cs.AppsV1().DaemonSets(systemNS).Get(ctx, "ztunnel", metav1.GetOptions{}); err == nil {
-		fmt.Fprintf(tw, "ztunnel (DaemonSet)\t%d/%d nodes ready, %d updated\n", ds.Status.NumberReady, ds.Status.DesiredNumberScheduled, ds.Status.UpdatedNumberScheduled)
-	} else {
-		fmt.Fprintf(tw, "ztunnel (DaemonSet)\t%s\n", notFound(err))
+	for _, name := range []string{"ztunnel", "strait-cni-agent"} {
+		if ds, err := cs.AppsV1().DaemonSets(systemNS).Get(ctx, name, metav1.GetOptions{}); err == nil {
+			fmt.Fprintf(tw, "%s (DaemonSet)\t%d/%d nodes ready, %d updated\n", name, ds.Status.NumberReady, ds.Status.DesiredNumberScheduled, ds.Status.UpdatedNumberScheduled)
+		} else {
+			fmt.Fprintf(tw, "%s (DaemonSet)\t%s\n", name, notFound(err))
+		}
 	}
 	fmt.Fprintln(tw)
 
