@@ -349,7 +349,11 @@ func (a *Agent) applyRules(ctx context.Context, ns *os.File) error {
 		if err := a.rdr.Apply(ctx, a.cfg.Rules); err != nil {
 			return err
 		}
-		return redirect.ApplyRoutes()
+		if err := redirect.ApplyRoutes(); err != nil {
+			return err
+		}
+		// A restarted ztunnel's listeners take over queued connections.
+		return redirect.ApplySysctls()
 	})
 }
 
