@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -63,7 +64,7 @@ func (s *cniServer) serve(ctx context.Context) error {
 }
 
 func (a *Agent) serveCNI(w http.ResponseWriter, r *http.Request) {
-	var req plugin.Request
+	var req *plugin.Request
 	reply := func(code int, err error) {
 		rep := plugin.Reply{}
 		result := "ok"
@@ -76,27 +77,14 @@ func (a *Agent) serveCNI(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(code)
 		json.NewEncoder(w).Encode(rep)
 	}
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequest))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
+	req, err := decodeRequest(http.MaxBytesReader(w, r.Body, maxRequest))
+	if err != nil {
 		req.Command = "invalid"
-		reply(http.StatusBadRequest, fmt.Errorf("malformed request: %w", err))
-		return
-	}
-	if req.PodNamespace == "" || req.PodName == "" {
-		reply(http.StatusBadRequest, errors.New("malformed request: no pod namespace or name"))
-		return
-	}
-	switch req.Command {
-	case "ADD", "DEL", "CHECK":
-	default:
-		cmd := req.Command
-		req.Command = "invalid"
-		reply(http.StatusBadRequest, fmt.Errorf("malformed request: unknown command %q", cmd))
+		reply(http.StatusBadRequest, err)
 		return
 	}
 	start := time.Now()
-	err := a.cni(r.Context(), &req)
+	err = a.cni(r.Context(), req)
 	log := a.log.Info
 	if err != nil {
 		log = a.log.Warn
@@ -107,4 +95,24 @@ func (a *Agent) serveCNI(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	reply(http.StatusOK, nil)
+}
+
+// decodeRequest reads one plugin request: strict JSON, a known command
+// and a pod. It always returns a non-nil request.
+func decodeRequest(body io.Reader) (*plugin.Request, error) {
+	req := &plugin.Request{}
+	dec := json.NewDecoder(body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(req); err != nil {
+		return req, fmt.Errorf("malformed request: %w", err)
+	}
+	if req.PodNamespace == "" || req.PodName == "" {
+		return req, errors.New("malformed request: no pod namespace or name")
+	}
+	switch req.Command {
+	case "ADD", "DEL", "CHECK":
+	default:
+		return req, fmt.Errorf("malformed request: unknown command %q", req.Command)
+	}
+	return req, nil
 }
