@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,59 +9,17 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+
+	"github.com/strait-mesh/strait/internal/meshtest"
 )
 
-// fortioVersion is pinned: newer module versions are not fetchable here
-// (the proxy answers 403 for "latest").
-const fortioVersion = "1.68.2"
+// fortioVersion is pinned in meshtest (the e2e tests run the same one).
+const fortioVersion = meshtest.FortioVersion
 
-// ensureFortio finds fortio at the pinned version (the given path, the
-// GOPATH bin directory, then PATH) or installs it with `go install` into
-// the GOPATH bin directory. It never touches go.mod.
+// ensureFortio finds fortio at the pinned version or installs it with
+// `go install` (meshtest.EnsureFortio). It never touches go.mod.
 func ensureFortio(ctx context.Context, given string, log func(string, ...any)) (string, error) {
-	gobin := ""
-	if out, err := exec.CommandContext(ctx, "go", "env", "GOBIN", "GOPATH").Output(); err == nil {
-		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-		if len(lines) == 2 {
-			gobin = lines[0]
-			if gobin == "" {
-				gobin = filepath.Join(strings.Split(lines[1], string(os.PathListSeparator))[0], "bin")
-			}
-		}
-	}
-	var candidates []string
-	if given != "" {
-		candidates = append(candidates, given)
-	}
-	if gobin != "" {
-		candidates = append(candidates, filepath.Join(gobin, "fortio"))
-	}
-	if p, err := exec.LookPath("fortio"); err == nil {
-		candidates = append(candidates, p)
-	}
-	for _, c := range candidates {
-		if v, err := exec.CommandContext(ctx, c, "version").Output(); err == nil && strings.TrimSpace(string(v)) == fortioVersion {
-			return c, nil
-		}
-	}
-	if given != "" {
-		return "", fmt.Errorf("fortio %s: %s is missing or another version", fortioVersion, given)
-	}
-	if gobin == "" {
-		return "", errors.New("fortio missing and `go env GOPATH` failed")
-	}
-	log("installing fortio %s with go install (into %s)", fortioVersion, gobin)
-	cmd := exec.CommandContext(ctx, "go", "install", "fortio.org/fortio@v"+fortioVersion)
-	cmd.Dir = os.TempDir() // outside any module: go.mod is never consulted or changed
-	cmd.Env = append(os.Environ(), "GOBIN="+gobin, "GOFLAGS=")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go install fortio.org/fortio@v%s: %w: %s", fortioVersion, err, bytes.TrimSpace(out))
-	}
-	p := filepath.Join(gobin, "fortio")
-	if v, err := exec.CommandContext(ctx, p, "version").Output(); err != nil || strings.TrimSpace(string(v)) != fortioVersion {
-		return "", fmt.Errorf("fortio installed at %s but `fortio version` says %q (%v)", p, bytes.TrimSpace(v), err)
-	}
-	return p, nil
+	return meshtest.EnsureFortio(ctx, given, log)
 }
 
 // ensureIperf3 finds iperf3 or installs the Debian package.
