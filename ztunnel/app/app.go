@@ -236,6 +236,18 @@ func New(cfg Config) (*App, error) {
 		return nil
 	})
 	a.admin.AddCheck("certificates", a.certsReady)
+	if cfg.ZDSSocket != "" {
+		// In-pod mode: ready once the node agent's snapshot is in, i.e.
+		// every pod it knows of has its listeners bound. A restart or
+		// upgrade (DaemonSet maxSurge) waits for this before stopping the
+		// old process.
+		a.admin.AddCheck("pods", func() error {
+			if !a.pods.Synced() {
+				return errors.New("no pod snapshot from the node agent yet")
+			}
+			return nil
+		})
+	}
 	return a, nil
 }
 
@@ -297,14 +309,31 @@ func (a *App) Run(ctx context.Context) error {
 	case <-ctx.Done():
 	case <-a.quit:
 	}
+	a.admin.AddCheck("draining", func() error { return errors.New("shutting down") })
 	a.log.Info("ztunnel draining", zap.Duration("grace", a.cfg.DrainGrace))
+	start := time.Now()
+	// No more pods from the agent (a new ztunnel takes them), no more
+	// config: the drain works with what it has.
 	cancel()
 	drainCtx, drainCancel := context.WithTimeout(context.Background(), a.cfg.DrainGrace)
 	defer drainCancel()
+	// The pods first: their listeners close and their connections,
+	// inbound and outbound, finish; outbound tunnels ride the client
+	// pool, which is shut down (GOAWAY) only once they are done.
 	errs := []error{a.pods.StopAll(drainCtx), a.client.Shutdown(drainCtx)}
+	if drainCtx.Err() != nil {
+		// The grace is the bound the operator chose, not a failure.
+		a.log.Warn("ztunnel drain grace over: connections still open were closed",
+			zap.Duration("grace", a.cfg.DrainGrace), zap.Error(errors.Join(errs...)))
+		errs = nil
+	} else {
+		a.log.Info("ztunnel drained", zap.Duration("took", time.Since(start)))
+	}
 	wg.Wait()
 	a.certs.Close()
-	errs = append(errs, a.admin.Shutdown(drainCtx))
+	adminCtx, adminCancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer adminCancel()
+	errs = append(errs, a.admin.Shutdown(adminCtx))
 	a.log.Info("ztunnel stopped")
 	return errors.Join(errs...)
 }
@@ -450,7 +479,7 @@ func (a *App) StartPod(ctx context.Context, uid string, ns *inpod.NetNS) (inpod.
 		return nil, err
 	}
 	opts := inpod.SocketOpts{Mark: inpod.Mark, ReusePort: true}
-	p := &podRun{srv: srv}
+	p := &podRun{srv: srv, log: a.log.Named("inpod").With(zap.String("pod", w.Namespace+"/"+w.Name))}
 	for _, l := range []struct {
 		port uint16
 		dst  *net.Listener

@@ -6,6 +6,8 @@ import (
 	"net"
 	"sync"
 
+	"go.uber.org/zap"
+
 	"github.com/strait-mesh/strait/ztunnel/hbone"
 )
 
@@ -18,6 +20,7 @@ type podRun struct {
 	wg                sync.WaitGroup
 	// stopped runs after the pod is gone (forget its identity if unused).
 	stopped func()
+	log     *zap.Logger
 }
 
 func (p *podRun) closeListeners() {
@@ -30,16 +33,28 @@ func (p *podRun) closeListeners() {
 
 // Stop closes the listeners at once, lets open connections finish until
 // ctx is done (HBONE peers get GOAWAY), then closes what is left.
+//
+// On a restart the new proxy is already bound beside these listeners
+// (SO_REUSEPORT): once they close, new connections go to it, and those
+// queued here but not yet accepted move to it too (tcp_migrate_req, set
+// by the node agent in the pod netns). What this process accepted stays
+// here until it ends or ctx is done, when it is closed (FIN; an HBONE
+// stream is reset).
 func (p *podRun) Stop(ctx context.Context) error {
 	p.closeListeners()
+	// The accept loops return once their listener is closed; after that
+	// every connection they accepted is in p.conns, so the wait below
+	// cannot miss one accepted at the last moment.
+	p.wg.Wait()
 	err := p.srv.Shutdown(ctx)
 	if errors.Is(err, hbone.ErrServerClosed) {
 		err = nil
 	}
 	p.conns.wait(ctx)
-	p.conns.closeAll()
+	if n := p.conns.closeAll(); n > 0 && p.log != nil {
+		p.log.Warn("drain grace over: open connections closed", zap.Int("connections", n))
+	}
 	p.cancel()
-	p.wg.Wait()
 	if p.stopped != nil {
 		p.stopped()
 	}
@@ -90,7 +105,8 @@ func (s *connSet) wait(ctx context.Context) {
 	}
 }
 
-func (s *connSet) closeAll() {
+// closeAll closes every connection left and says how many there were.
+func (s *connSet) closeAll() int {
 	s.mu.Lock()
 	conns := make([]net.Conn, 0, len(s.conns))
 	for c := range s.conns {
@@ -100,6 +116,7 @@ func (s *connSet) closeAll() {
 	for _, c := range conns {
 		c.Close()
 	}
+	return len(conns)
 }
 
 // tracking wraps a listener so accepted connections join a connSet until

@@ -157,7 +157,8 @@ type Server struct {
 	listeners map[net.Listener]struct{}
 	conns     map[*h2.Conn]struct{}
 	shutdown  bool
-	wg        sync.WaitGroup // connection goroutines
+	drainCtx  context.Context // Shutdown's ctx (nil after Close)
+	wg        sync.WaitGroup  // connection goroutines
 
 	active     atomic.Int64
 	activeConn atomic.Int64
@@ -280,8 +281,20 @@ func (s *Server) serveConn(nc net.Conn) {
 
 	s.mu.Lock()
 	if s.shutdown {
+		drain := s.drainCtx
 		s.mu.Unlock()
-		hc.Close()
+		if drain == nil { // Close
+			hc.Close()
+			hc.Wait()
+			return
+		}
+		// Accepted before the listener closed, handshaken after Shutdown
+		// began: drain it like the others rather than cut it. The GOAWAY
+		// tells the peer which of its streams were not taken, and it
+		// retries them on a new connection (to the proxy now bound in
+		// this one's place, on a restart).
+		hc.Start()
+		_ = hc.Shutdown(drain)
 		hc.Wait()
 		return
 	}
@@ -460,6 +473,9 @@ func parseRequest(st *h2.Stream, meta *connMeta, skipAuthority bool) (*InboundRe
 // open tunnels to finish until ctx is done, then closes everything.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
+	if !s.shutdown {
+		s.drainCtx = ctx
+	}
 	s.shutdown = true
 	for ln := range s.listeners {
 		ln.Close()
@@ -481,8 +497,16 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	wg.Wait()
 	close(errs)
+	// Connections still in their TLS handshake finish it and drain on
+	// their own (serveConn); only the end of ctx cuts them.
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
 	s.cancel()
-	s.wg.Wait()
+	<-done
 	var first error
 	for err := range errs {
 		if err != nil && first == nil {

@@ -49,9 +49,15 @@ type Manager struct {
 
 	mu   sync.Mutex
 	pods map[string]*pod
+	// draining holds pods being stopped (deleted, stale or shutdown):
+	// their connections still dial from their netns (NetNS) until drained.
+	draining map[*pod]string
 	// seen holds the uids added or kept since the agent (re)connected;
 	// SnapshotSent stops every pod not in it.
 	seen map[string]bool
+	// synced: a snapshot was received (SnapshotSent) at least once, so
+	// every pod the agent knows of is running; stopped: StopAll began.
+	synced, stopped bool
 }
 
 type pod struct {
@@ -67,7 +73,7 @@ func NewManager(s Starter, grace time.Duration, log *zap.Logger) *Manager {
 	if grace <= 0 {
 		grace = 10 * time.Second
 	}
-	return &Manager{starter: s, log: log, grace: grace, pods: make(map[string]*pod), seen: make(map[string]bool)}
+	return &Manager{starter: s, log: log, grace: grace, pods: make(map[string]*pod), draining: make(map[*pod]string), seen: make(map[string]bool)}
 }
 
 // SnapshotStarted resets the replay bookkeeping when the agent
@@ -89,6 +95,11 @@ func (m *Manager) AddWorkload(ctx context.Context, uid string, info zds.Workload
 		return err
 	}
 	m.mu.Lock()
+	if m.stopped {
+		m.mu.Unlock()
+		ns.Close()
+		return ErrStopping
+	}
 	if _, ok := m.pods[uid]; ok {
 		m.seen[uid] = true
 		m.mu.Unlock()
@@ -103,9 +114,11 @@ func (m *Manager) AddWorkload(ctx context.Context, uid string, info zds.Workload
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if _, ok := m.pods[uid]; ok { // raced with another add
-		go h.Stop(context.Background())
-		ns.Close()
+	if _, ok := m.pods[uid]; ok || m.stopped { // raced with another add, or with StopAll
+		go func() { h.Stop(context.Background()); ns.Close() }()
+		if m.stopped {
+			return ErrStopping
+		}
 		return nil
 	}
 	m.pods[uid] = &pod{ns: ns, handle: h}
@@ -128,6 +141,9 @@ func (m *Manager) DelWorkload(ctx context.Context, uid string) error {
 	p, ok := m.pods[uid]
 	delete(m.pods, uid)
 	delete(m.seen, uid)
+	if ok {
+		m.draining[p] = uid
+	}
 	m.mu.Unlock()
 	if !ok {
 		return nil
@@ -136,10 +152,18 @@ func (m *Manager) DelWorkload(ctx context.Context, uid string) error {
 	return m.stop(ctx, p)
 }
 
+// stop drains p (moved to draining by the caller) within the grace.
 func (m *Manager) stop(ctx context.Context, p *pod) error {
 	ctx, cancel := context.WithTimeout(ctx, m.grace)
 	defer cancel()
-	err := p.handle.Stop(ctx)
+	return m.finish(p, p.handle.Stop(ctx))
+}
+
+// finish forgets a drained pod and releases its namespace handle.
+func (m *Manager) finish(p *pod, err error) error {
+	m.mu.Lock()
+	delete(m.draining, p)
+	m.mu.Unlock()
 	p.ns.Close()
 	return err
 }
@@ -153,9 +177,11 @@ func (m *Manager) SnapshotSent(ctx context.Context) error {
 		if !m.seen[uid] {
 			stale = append(stale, p)
 			delete(m.pods, uid)
+			m.draining[p] = uid
 			m.log.Info("inpod: pod not in the agent's snapshot; removing", zap.String("uid", uid))
 		}
 	}
+	m.synced = true
 	m.mu.Unlock()
 	var errs []error
 	for _, p := range stale {
@@ -164,12 +190,32 @@ func (m *Manager) SnapshotSent(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// NetNS returns the namespace of a running pod, or nil.
+// Synced reports whether the agent's snapshot has been received: every
+// pod it replayed was started (its listeners bound) or refused before
+// SnapshotSent, so the proxy serves what the agent knows of. It stays
+// true across agent reconnections.
+func (m *Manager) Synced() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.synced
+}
+
+// ErrStopping refuses pods added once StopAll has begun.
+var ErrStopping = errors.New("inpod: the proxy is shutting down")
+
+// NetNS returns the namespace of a running pod, or of one still draining
+// (its open connections may need to dial, e.g. a tunnel accepted just
+// before the listeners closed), or nil.
 func (m *Manager) NetNS(uid string) *NetNS {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if p, ok := m.pods[uid]; ok {
 		return p.ns
+	}
+	for p, u := range m.draining {
+		if u == uid {
+			return p.ns
+		}
 	}
 	return nil
 }
@@ -186,11 +232,19 @@ func (m *Manager) UIDs() []string {
 	return out
 }
 
-// StopAll drains every pod (proxy shutdown) until ctx is done.
+// StopAll drains every pod (proxy shutdown) until ctx is done: each
+// pod's listeners close at once (with SO_REUSEPORT and tcp_migrate_req a
+// new proxy bound beside them takes the connections not yet accepted),
+// its open connections finish, and until they do its netns stays
+// reachable through NetNS. Pods added afterwards are refused.
 func (m *Manager) StopAll(ctx context.Context) error {
 	m.mu.Lock()
+	m.stopped = true
 	pods := m.pods
 	m.pods = make(map[string]*pod)
+	for uid, p := range pods {
+		m.draining[p] = uid
+	}
 	m.mu.Unlock()
 	var wg sync.WaitGroup
 	errs := make(chan error, len(pods))
@@ -198,9 +252,7 @@ func (m *Manager) StopAll(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			err := p.handle.Stop(ctx)
-			p.ns.Close()
-			errs <- err
+			errs <- m.finish(p, p.handle.Stop(ctx))
 		}()
 	}
 	wg.Wait()

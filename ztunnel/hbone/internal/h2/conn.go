@@ -61,6 +61,10 @@ const (
 	initialSettingsAckTolerance = 0
 )
 
+// goAwayLinger bounds how long a server keeps a drained connection open
+// after its GOAWAY, waiting for the client to close it.
+const goAwayLinger = time.Second
+
 // Config tunes a connection. The zero value gives the HBONE defaults.
 type Config struct {
 	// MaxConcurrentStreams is, on a server, how many peer streams it
@@ -982,6 +986,21 @@ func (c *Conn) Shutdown(ctx context.Context) error {
 	var err error
 	select {
 	case <-c.drained:
+		if !c.isClient {
+			// A client may have opened streams before it read the
+			// GOAWAY. Closing now would reset them in flight (the peer
+			// cannot tell whether they were processed); left open, they
+			// are refused (onHeaders) and the client retries them on
+			// another connection. The client closes once it has seen the
+			// GOAWAY and its streams are done.
+			t := time.NewTimer(goAwayLinger)
+			select {
+			case <-c.done:
+			case <-t.C:
+			case <-ctx.Done():
+			}
+			t.Stop()
+		}
 	case <-c.done:
 	case <-ctx.Done():
 		err = fmt.Errorf("h2: shutdown with streams still open: %w", ctx.Err())
