@@ -130,9 +130,12 @@ type source interface {
 
 // App is a running ztunnel.
 type App struct {
-	cfg     Config
-	log     *zap.Logger
-	td      spiffeid.TrustDomain
+	cfg Config
+	log *zap.Logger
+	td  spiffeid.TrustDomain
+	// early maps the IPs of pods started before the config knew them
+	// (netip.Addr → uid), until the pod stops.
+	early   sync.Map
 	store   *store.Store
 	metrics *metrics.Metrics
 	ca      *ca.CA // nil with a RemoteCA
@@ -408,6 +411,12 @@ func (a *App) clientTLS(_ context.Context, k hbone.Key) (*tls.Config, error) {
 func (a *App) podNetNS(ip netip.Addr) (*store.Workload, *inpod.NetNS, error) {
 	w := a.store.Load().WorkloadByIP(ip)
 	if w == nil {
+		// A pod started before its IP reached the config (StartPod).
+		if uid, ok := a.early.Load(ip); ok {
+			if ns := a.pods.NetNS(uid.(string)); ns != nil {
+				return nil, ns, nil
+			}
+		}
 		return nil, nil, fmt.Errorf("app: no workload has %s", ip)
 	}
 	ns := a.pods.NetNS(w.UID)
@@ -455,10 +464,30 @@ func origDst(c net.Conn) (netip.AddrPort, error) {
 
 // StartPod implements inpod.Starter: it binds the pod's three listeners
 // inside its netns and serves them.
-func (a *App) StartPod(ctx context.Context, uid string, ns *inpod.NetNS) (inpod.Handle, error) {
+func (a *App) StartPod(ctx context.Context, uid string, info zds.WorkloadInfo, ns *inpod.NetNS) (inpod.Handle, error) {
 	w := a.store.Load().WorkloadByUID(uid)
 	if w == nil {
-		return nil, fmt.Errorf("%w %q (not in the config)", inpod.ErrUnknownWorkload, uid)
+		// A pod being created: the agent enrolls it during its CNI ADD,
+		// before the kubelet publishes its IP, so the configuration does
+		// not have it yet. Serve it with the identity the agent gave; the
+		// data path picks up the full workload by uid once it arrives.
+		if info.Name == "" || info.Namespace == "" || info.ServiceAccount == "" {
+			return nil, fmt.Errorf("%w %q (not in the config, and the agent gave no name, namespace and service account)", inpod.ErrUnknownWorkload, uid)
+		}
+		ips, err := ns.Addrs()
+		if err != nil {
+			return nil, err
+		}
+		w = &store.Workload{UID: uid, Name: info.Name, Namespace: info.Namespace, ServiceAccount: info.ServiceAccount,
+			Node: a.cfg.Node, IPs: ips, Protocol: store.ProtocolHBONE, TrustDomain: a.td.Name(), Healthy: true}
+		if w.Identity().IsZero() {
+			return nil, fmt.Errorf("app: pod %s/%s: service account %q makes no valid identity", info.Namespace, info.Name, info.ServiceAccount)
+		}
+		for _, ip := range ips {
+			a.early.Store(ip, uid)
+		}
+		a.log.Debug("pod not in the config yet: serving it with the agent's identity", zap.String("pod", info.Namespace+"/"+info.Name),
+			zap.Stringer("identity", w.Identity()), zap.Stringers("ips", ips))
 	}
 	if w.Node != a.cfg.Node {
 		return nil, fmt.Errorf("app: pod %s/%s is scheduled on node %q, not %q", w.Namespace, w.Name, w.Node, a.cfg.Node)
@@ -493,7 +522,12 @@ func (a *App) StartPod(ctx context.Context, uid string, ns *inpod.NetNS) (inpod.
 	}
 	podCtx, cancel := context.WithCancel(context.Background())
 	p.cancel = cancel
-	p.stopped = func() { a.forgetIfUnused(id) }
+	p.stopped = func() {
+		for _, ip := range w.IPs {
+			a.early.CompareAndDelete(ip, uid)
+		}
+		a.forgetIfUnused(id)
+	}
 	p.wg.Add(3)
 	go func() { defer p.wg.Done(); _ = a.out.Serve(podCtx, p.out, w) }()
 	go func() { defer p.wg.Done(); _ = a.in.ServePlaintext(podCtx, p.plain, w) }()

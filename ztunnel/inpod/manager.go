@@ -34,7 +34,11 @@ type Handle interface {
 // Starter starts the proxy for one pod in its netns (the app wires
 // outbound, inbound and HBONE listeners).
 type Starter interface {
-	StartPod(ctx context.Context, uid string, ns *NetNS) (Handle, error)
+	// info is what the agent said of the pod (name, namespace, service
+	// account): a pod new to the cluster may not be in the proxy's
+	// configuration yet (its IP is published after the CNI ADD that
+	// waits for this start). It is empty for a KeepWorkload.
+	StartPod(ctx context.Context, uid string, info zds.WorkloadInfo, ns *NetNS) (Handle, error)
 }
 
 // ErrUnknownWorkload is returned (and sent as a nack) for a uid the
@@ -107,7 +111,7 @@ func (m *Manager) AddWorkload(ctx context.Context, uid string, info zds.Workload
 		return nil
 	}
 	m.mu.Unlock()
-	h, err := m.starter.StartPod(ctx, uid, ns)
+	h, err := m.starter.StartPod(ctx, uid, info, ns)
 	if err != nil {
 		ns.Close()
 		return fmt.Errorf("inpod: start pod %s: %w", uid, err)

@@ -289,3 +289,29 @@ func OriginalDst(c syscall.Conn) (netip.AddrPort, error) {
 	}
 	return ap, nil
 }
+
+// Addrs lists the namespace's own addresses, without loopback and
+// link-local ones: a pod's IPs, as its primary CNI configured them.
+func (n *NetNS) Addrs() ([]netip.Addr, error) {
+	var out []netip.Addr
+	err := n.Do(func() error {
+		list, err := net.InterfaceAddrs()
+		if err != nil {
+			return err
+		}
+		for _, a := range list {
+			p, err := netip.ParsePrefix(a.String())
+			if err != nil {
+				continue
+			}
+			if ip := p.Addr().Unmap(); !ip.IsLoopback() && !ip.IsLinkLocalUnicast() {
+				out = append(out, ip)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("inpod: addresses in netns: %w", err)
+	}
+	return out, nil
+}

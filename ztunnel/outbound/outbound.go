@@ -184,6 +184,9 @@ func (o *Outbound) handle(ctx context.Context, c net.Conn, src *store.Workload) 
 		return
 	}
 	snap := o.cfg.Store.Load()
+	if cur := snap.WorkloadByUID(src.UID); cur != nil {
+		src = cur // the latest config for this pod (its IPs may be new)
+	}
 	t, reason, err := o.Resolve(snap, dst)
 	if err != nil {
 		o.fail(reason, err, zap.Stringer("destination", dst))

@@ -22,13 +22,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 
 	"github.com/strait-mesh/strait/deploy"
@@ -52,7 +52,8 @@ type kubeMesh struct {
 	dir      string
 	metrics  map[string]string // node → ztunnel metrics address
 	admin    map[string]string
-	token    map[string]string // node → ztunnel token file
+	token    map[string]string    // node → ztunnel token file
+	zt       map[string]*exec.Cmd // node → its newest ztunnel process
 	caAddr   string
 	rootsPEM string
 }
@@ -78,11 +79,14 @@ func buildBin(t *testing.T, dir, pkg string) string {
 	return out
 }
 
-// startProc runs a binary until the test ends; its output goes to a log
-// file that is printed if the test fails.
-func startProc(t *testing.T, dir, name string, args ...string) {
+// procs numbers the processes' log files.
+var procs atomic.Int32
+
+// startProc runs a binary until the test ends (or the test stops it);
+// its output goes to a log file that is printed if the test fails.
+func startProc(t *testing.T, dir, name string, args ...string) *exec.Cmd {
 	t.Helper()
-	logf, err := os.Create(filepath.Join(dir, filepath.Base(name)+"-"+strconv.Itoa(len(args))+".log"))
+	logf, err := os.Create(filepath.Join(dir, fmt.Sprintf("%s-%d.log", filepath.Base(name), procs.Add(1))))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,6 +115,7 @@ func startProc(t *testing.T, dir, name string, args ...string) {
 			t.Logf("---- %s:\n%s", logf.Name(), strings.Join(lines, "\n"))
 		}
 	})
+	return cmd
 }
 
 func httpGet(addr, path string) (string, int, error) {
@@ -135,11 +140,13 @@ func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 	}
 }
 
-func startKubeMesh(t *testing.T) *kubeMesh {
+// startKube starts what every Kubernetes e2e shares: the API server
+// with the CRDs, the namespaces shop (labelled ambient) and
+// strait-system, and the CA as a process. The caller adds a topology.
+func startKube(t *testing.T) *kubeMesh {
 	t.Helper()
 	netnstest.RequireRoot(t)
 	dir := t.TempDir()
-	ztBin := buildBin(t, dir, "./ztunnel/cmd/ztunnel")
 	caBin := buildBin(t, dir, "./identity/cmd/strait-ca")
 	c := kubetest.Start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -159,38 +166,14 @@ func startKubeMesh(t *testing.T) *kubeMesh {
 	if err != nil {
 		t.Fatal(err)
 	}
-	topo, err := meshtest.Build(fmt.Sprintf("ke%d", os.Getpid()%100000), meshtest.Spec{
-		Nodes: []string{"node-a", "node-b"},
-		Pods: []meshtest.PodSpec{
-			{Name: "client", Namespace: "shop", ServiceAccount: "client", Node: "node-a"},
-			{Name: "server", Namespace: "shop", ServiceAccount: "server", Node: "node-b"},
-		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { topo.Close() })
-	m := &kubeMesh{c: c, topo: topo, dyn: dyn, dir: dir, metrics: map[string]string{}, admin: map[string]string{}, token: map[string]string{}}
-
-	// The API objects a kubelet and the user would make: the namespace
-	// labelled for the mesh, the pods with the netns' IPs (the agent hands
-	// ztunnel the API's pod UID).
+	m := &kubeMesh{c: c, dyn: dyn, dir: dir, metrics: map[string]string{}, admin: map[string]string{}, token: map[string]string{}, zt: map[string]*exec.Cmd{}}
 	for _, ns := range []string{"shop", "strait-system"} {
 		if err := c.EnsureNamespace(ctx, ns); err != nil {
 			t.Fatal(err)
 		}
 	}
 	m.label(t, kube.ModeAmbient)
-	for _, p := range topo.Pods {
-		kp, err := c.CreatePod(ctx, kubetest.PodSpec{Namespace: "shop", Name: p.Name, Node: p.Node.Name, ServiceAccount: p.ServiceAccount,
-			Labels: map[string]string{"app": p.Name}, IP: p.IP.String()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		p.UID = string(kp.UID)
-	}
 
-	// The CA, as a process.
 	m.caAddr = freePort(t)
 	caMetrics := freePort(t)
 	startProc(t, dir, caBin, "-kubeconfig", c.KubeconfigPath, "-namespace", "strait-system", "-listen", m.caAddr, "-metrics-addr", caMetrics)
@@ -203,40 +186,88 @@ func startKubeMesh(t *testing.T) *kubeMesh {
 	if err := os.WriteFile(m.rootsPEM, []byte(cm.Data["roots.pem"]), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	return m
+}
 
+// startZtunnel runs node's ztunnel (the i-th node) as a process with a
+// token bound to its own pod on that node, fed over ZDS at sock; it
+// returns the readiness address. Called again for a node, it starts a
+// second process beside the first (a restart), which m.zt then names.
+func (m *kubeMesh) startZtunnel(ctx context.Context, t *testing.T, ztBin, node string, i int, sock string) string {
+	t.Helper()
+	if m.token[node] == "" {
+		m.ztunnelToken(ctx, t, node, i)
+	}
+	m.metrics[node], m.admin[node] = freePort(t), freePort(t)
+	ready := freePort(t)
+	m.zt[node] = startProc(t, m.dir, ztBin, "-kube", "-kubeconfig", m.c.KubeconfigPath, "-node", node,
+		"-ca-addr", m.caAddr, "-ca-server-name", "strait-ca.strait-system.svc", "-ca-token-file", m.token[node], "-ca-roots-file", m.rootsPEM,
+		"-zds-socket", sock, "-admin-addr", m.admin[node], "-ready-addr", ready, "-metrics-addr", m.metrics[node], "-drain-grace", "2s")
+	return ready
+}
+
+// ztunnelToken creates node's ztunnel pod and a CA token bound to it.
+func (m *kubeMesh) ztunnelToken(ctx context.Context, t *testing.T, node string, i int) {
+	t.Helper()
+	zp, err := m.c.CreatePod(ctx, kubetest.PodSpec{Namespace: "strait-system", Name: "ztunnel-" + node, Node: node,
+		ServiceAccount: "ztunnel", IP: fmt.Sprintf("192.0.2.%d", 10+i), Labels: map[string]string{kube.LabelDataplaneMode: kube.ModeNone}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := m.c.ServiceAccountToken(ctx, "strait-system", "ztunnel", []string{kubetest.CAAudience}, zp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.token[node] = filepath.Join(m.dir, node+".token")
+	if err := os.WriteFile(m.token[node], []byte(tok), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func startKubeMesh(t *testing.T) *kubeMesh {
+	t.Helper()
+	m := startKube(t)
+	ztBin := buildBin(t, m.dir, "./ztunnel/cmd/ztunnel")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	topo, err := meshtest.Build(fmt.Sprintf("ke%d", os.Getpid()%100000), meshtest.Spec{
+		Nodes: []string{"node-a", "node-b"},
+		Pods: []meshtest.PodSpec{
+			{Name: "client", Namespace: "shop", ServiceAccount: "client", Node: "node-a"},
+			{Name: "server", Namespace: "shop", ServiceAccount: "server", Node: "node-b"},
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { topo.Close() })
+	m.topo = topo
+
+	// The API objects a kubelet would make: the pods with the netns' IPs
+	// (the agent hands ztunnel the API's pod UID).
+	for _, p := range topo.Pods {
+		kp, err := m.c.CreatePod(ctx, kubetest.PodSpec{Namespace: "shop", Name: p.Name, Node: p.Node.Name, ServiceAccount: p.ServiceAccount,
+			Labels: map[string]string{"app": p.Name}, IP: p.IP.String()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.UID = string(kp.UID)
+	}
 	ln, err := meshtest.Serve(topo.Pod("server"), 8080, meshtest.Echo)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
 
-	// One ztunnel per node, each with a token bound to its own pod on
-	// that node, fed by a node agent.
+	// One ztunnel per node, fed by a node agent (meshtest's).
 	for i, n := range topo.Nodes {
-		zp, err := c.CreatePod(ctx, kubetest.PodSpec{Namespace: "strait-system", Name: "ztunnel-" + n.Name, Node: n.Name,
-			ServiceAccount: "ztunnel", IP: fmt.Sprintf("192.0.2.%d", 10+i), Labels: map[string]string{kube.LabelDataplaneMode: kube.ModeNone}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		tok, err := c.ServiceAccountToken(ctx, "strait-system", "ztunnel", []string{kubetest.CAAudience}, zp)
-		if err != nil {
-			t.Fatal(err)
-		}
-		m.token[n.Name] = filepath.Join(dir, n.Name+".token")
-		if err := os.WriteFile(m.token[n.Name], []byte(tok), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		sock := filepath.Join(dir, n.Name+".sock")
+		sock := filepath.Join(m.dir, n.Name+".sock")
 		agent, err := meshtest.StartAgent(sock)
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { agent.Close() })
-		m.metrics[n.Name], m.admin[n.Name] = freePort(t), freePort(t)
-		ready := freePort(t)
-		startProc(t, dir, ztBin, "-kube", "-kubeconfig", c.KubeconfigPath, "-node", n.Name,
-			"-ca-addr", m.caAddr, "-ca-server-name", "strait-ca.strait-system.svc", "-ca-token-file", m.token[n.Name], "-ca-roots-file", m.rootsPEM,
-			"-zds-socket", sock, "-admin-addr", m.admin[n.Name], "-ready-addr", ready, "-metrics-addr", m.metrics[n.Name], "-drain-grace", "2s")
+		ready := m.startZtunnel(ctx, t, ztBin, n.Name, i, sock)
 		wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
 		if err := agent.WaitProxy(wctx); err != nil {
 			t.Fatal(err)
@@ -259,43 +290,13 @@ func startKubeMesh(t *testing.T) *kubeMesh {
 
 func (m *kubeMesh) label(t *testing.T, v string) {
 	t.Helper()
-	patch := fmt.Sprintf(`{"metadata":{"labels":{%q:%q}}}`, kube.LabelDataplaneMode, v)
-	if v == "" {
-		patch = fmt.Sprintf(`{"metadata":{"labels":{%q:null}}}`, kube.LabelDataplaneMode)
-	}
-	if _, err := m.c.Client.CoreV1().Namespaces().Patch(context.Background(), "shop", types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	setLabel(t, m, "shop", v)
 }
 
 // roundTrip sends msg from the client pod to the server's echo and
 // reports whether it came back whole.
 func (m *kubeMesh) roundTrip(msg string) error {
-	ns, err := m.topo.Pod("client").OpenNetNS()
-	if err != nil {
-		return err
-	}
-	defer ns.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	c, err := ns.Dial(ctx, netip.Addr{}, netip.AddrPortFrom(m.topo.Pod("server").IP, 8080), inpod.SocketOpts{})
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := io.WriteString(c, msg); err != nil {
-		return err
-	}
-	c.(*net.TCPConn).CloseWrite()
-	b, err := io.ReadAll(c)
-	if err != nil {
-		return err
-	}
-	if string(b) != msg {
-		return fmt.Errorf("echo %q came back as %q", msg, b)
-	}
-	return nil
+	return sendFrom(m.topo.Pod("client").NetNSPath(), netip.AddrPortFrom(m.topo.Pod("server").IP, 8080), msg, msg)
 }
 
 // counter sums a metric's samples whose labels contain every sub.
