@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"slices"
 	"sync"
 	"time"
 
@@ -254,18 +253,6 @@ func (a *Agent) enrolledCount() int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return len(a.members)
-}
-
-// Enrolled lists the enrolled pods (namespace/name), sorted.
-func (a *Agent) Enrolled() []string {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	out := make([]string, 0, len(a.members))
-	for k := range a.members {
-		out = append(out, k)
-	}
-	slices.Sort(out)
-	return out
 }
 
 // wantEnrolled: the pod runs on this node, not in the host's namespace,

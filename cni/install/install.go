@@ -203,24 +203,26 @@ func Uninstall(cfg Config) error {
 
 // Watch keeps the plugin chained until ctx ends: every interval it checks
 // the primary configuration and re-inserts the plugin when the primary
-// CNI rewrote its file (or a new primary appeared). onChange, if set, is
-// told each time it did.
-func Watch(ctx context.Context, cfg Config, interval time.Duration, onChange func(path string)) error {
+// CNI rewrote its file (or a new primary appeared). report, if set, is
+// told each time: with the file it chained the plugin into, or with the
+// error of an attempt (a file caught half-written by the primary CNI,
+// say). Errors never stop the watch: the next tick tries again.
+func Watch(ctx context.Context, cfg Config, interval time.Duration, report func(path string, err error)) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		changed, err := chain(cfg)
 		switch {
 		case errors.Is(err, ErrNoPrimary):
-		case err != nil:
-			return err
-		case changed && onChange != nil:
+		case err != nil && report != nil:
+			report("", err)
+		case changed && report != nil:
 			p, _ := Primary(cfg.ConfDir)
-			onChange(p)
+			report(p, nil)
 		}
 		select {
 		case <-ctx.Done():
-			return nil
+			return
 		case <-t.C:
 		}
 	}

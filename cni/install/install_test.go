@@ -139,8 +139,15 @@ func TestWatchReinserts(t *testing.T) {
 	cfg := setup(t, "10-calico.conflist")
 	ctx, cancel := context.WithCancel(context.Background())
 	changes := make(chan string, 8)
-	done := make(chan error, 1)
-	go func() { done <- Watch(ctx, cfg, 20*time.Millisecond, func(p string) { changes <- p }) }()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		Watch(ctx, cfg, 20*time.Millisecond, func(p string, err error) {
+			if err == nil {
+				changes <- p
+			}
+		})
+	}()
 	defer func() { cancel(); <-done }()
 	wait := func() {
 		t.Helper()
@@ -151,8 +158,17 @@ func TestWatchReinserts(t *testing.T) {
 		}
 	}
 	wait()
+	// The primary CNI rewrites its file in place, not atomically: the
+	// watcher may read it empty or half-written, and must carry on.
 	orig, _ := os.ReadFile(filepath.Join("testdata", "10-calico.conflist"))
-	if err := os.WriteFile(filepath.Join(cfg.ConfDir, "10-calico.conflist"), orig, 0o644); err != nil {
+	path := filepath.Join(cfg.ConfDir, "10-calico.conflist")
+	for range 20 {
+		if err := os.WriteFile(path, orig[:len(orig)/2], 0o644); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := os.WriteFile(path, orig, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	wait()

@@ -154,12 +154,13 @@ func keepInstalled(ctx context.Context, log *zap.Logger, inst install.Config, in
 	}
 	close(installed)
 	log.Info("CNI plugin installed", zap.String("conf-dir", inst.ConfDir))
-	err := install.Watch(ctx, inst, 2*time.Second, func(path string) {
+	install.Watch(ctx, inst, 2*time.Second, func(path string, err error) {
+		if err != nil {
+			log.Warn("checking the CNI configuration failed; retrying", zap.Error(err))
+			return
+		}
 		log.Info("the primary CNI rewrote its configuration: plugin chained again", zap.String("file", path))
 	})
-	if err != nil {
-		log.Error("watching the CNI configuration failed", zap.Error(err))
-	}
 }
 
 // uninstalling reports whether the agent stops because Strait is being

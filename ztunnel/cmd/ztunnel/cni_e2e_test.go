@@ -50,7 +50,7 @@ type cniMesh struct {
 	agentBn string
 	ztBin   string
 	root    *testing.T // owns what outlives a subtest (pod namespaces, apps)
-	shared  string // bin dir with bridge, host-local and strait-cni
+	shared  string     // bin dir with bridge, host-local and strait-cni
 }
 
 type cniNode struct {
@@ -125,7 +125,7 @@ func nsHTTP(nsPath string) *http.Client {
 }
 
 func (n *cniNode) get(path string) (string, int, error) {
-	resp, err := nsHTTP("/var/run/netns/"+n.NS).Get("http://" + n.health + path)
+	resp, err := nsHTTP("/var/run/netns/" + n.NS).Get("http://" + n.health + path)
 	if err != nil {
 		return "", 0, err
 	}

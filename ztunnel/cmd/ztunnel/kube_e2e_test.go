@@ -224,13 +224,11 @@ func (m *kubeMesh) ztunnelToken(ctx context.Context, t *testing.T, node string, 
 	}
 }
 
-func startKubeMesh(t *testing.T) *kubeMesh {
+// clientServerTopology builds two nodes with shop/client on node-a and
+// shop/server on node-b, removed when the test ends.
+func clientServerTopology(t *testing.T, prefix string) *meshtest.Topology {
 	t.Helper()
-	m := startKube(t)
-	ztBin := buildBin(t, m.dir, "./ztunnel/cmd/ztunnel")
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	topo, err := meshtest.Build(fmt.Sprintf("ke%d", os.Getpid()%100000), meshtest.Spec{
+	topo, err := meshtest.Build(fmt.Sprintf("%s%d", prefix, os.Getpid()%100000), meshtest.Spec{
 		Nodes: []string{"node-a", "node-b"},
 		Pods: []meshtest.PodSpec{
 			{Name: "client", Namespace: "shop", ServiceAccount: "client", Node: "node-a"},
@@ -241,6 +239,16 @@ func startKubeMesh(t *testing.T) *kubeMesh {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { topo.Close() })
+	return topo
+}
+
+func startKubeMesh(t *testing.T) *kubeMesh {
+	t.Helper()
+	m := startKube(t)
+	ztBin := buildBin(t, m.dir, "./ztunnel/cmd/ztunnel")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	topo := clientServerTopology(t, "ke")
 	m.topo = topo
 
 	// The API objects a kubelet would make: the pods with the netns' IPs

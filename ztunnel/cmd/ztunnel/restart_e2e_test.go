@@ -175,17 +175,7 @@ func startRestartMesh(t *testing.T) *restartMesh {
 	dir := t.TempDir()
 	m := &restartMesh{t: t, dir: dir, agents: map[string]*meshtest.Agent{}, cur: map[string]*ztProc{}}
 	m.bin = buildBin(t, dir, "./ztunnel/cmd/ztunnel")
-	topo, err := meshtest.Build(fmt.Sprintf("rs%d", os.Getpid()%100000), meshtest.Spec{
-		Nodes: []string{"node-a", "node-b"},
-		Pods: []meshtest.PodSpec{
-			{Name: "client", Namespace: "shop", ServiceAccount: "client", Node: "node-a"},
-			{Name: "server", Namespace: "shop", ServiceAccount: "server", Node: "node-b"},
-		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { topo.Close() })
+	topo := clientServerTopology(t, "rs")
 	m.topo = topo
 	m.cfg = filepath.Join(dir, "workloads.yaml")
 	if err := os.WriteFile(m.cfg, topo.WorkloadsYAML(nil, ""), 0o644); err != nil {
