@@ -215,6 +215,11 @@ func (a *Agent) acceptProxies(ctx context.Context, srv *zds.Server) {
 				return
 			}
 			a.log.Warn("ztunnel connection refused", zap.Error(err))
+			select { // do not spin on a persistent error
+			case <-ctx.Done():
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
 			continue
 		}
 		a.mu.Lock()

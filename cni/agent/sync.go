@@ -201,15 +201,25 @@ func (a *Agent) cniAdd(ctx context.Context, req *plugin.Request) error {
 		return errors.New("the primary CNI plugin gave the pod no IP")
 	}
 	// A new pod must find a ztunnel: without one its traffic would be
-	// redirected to nothing. Wait a little for one (it may be starting).
-	if a.prox.count() == 0 {
-		wctx, cancel := context.WithTimeout(ctx, a.cfg.ProxyWait)
-		err := a.prox.wait(wctx)
-		cancel()
-		if err != nil {
-			return fmt.Errorf("%w (socket %s): is the ztunnel pod running on this node? the kubelet retries", errNoProxy, a.cfg.ZDSSocket)
+	// redirected to nothing. Wait a little for one (it may be starting,
+	// or the one we knew may have gone, which we learn on sending).
+	wctx, cancel := context.WithTimeout(ctx, a.cfg.ProxyWait)
+	defer cancel()
+	for {
+		if a.prox.count() == 0 {
+			if err := a.prox.wait(wctx); err != nil {
+				return fmt.Errorf("%w (socket %s): is the ztunnel pod running on this node? the kubelet retries", errNoProxy, a.cfg.ZDSSocket)
+			}
+		}
+		err := a.addNew(ctx, p, req.Netns, ips)
+		if !errors.Is(err, errNoProxy) {
+			return err
 		}
 	}
+}
+
+// addNew enrolls a pod from its CNI ADD (requiring a ztunnel).
+func (a *Agent) addNew(ctx context.Context, p *corev1.Pod, netns string, ips []netip.Addr) error {
 	key := podKey(p.Namespace, p.Name)
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -219,7 +229,7 @@ func (a *Agent) cniAdd(ctx context.Context, req *plugin.Request) error {
 		}
 		a.unenrollLocked(ctx, m, "replaced by a pod of the same name")
 	}
-	f, err := openNS(req.Netns)
+	f, err := openNS(netns)
 	if err != nil {
 		return err
 	}

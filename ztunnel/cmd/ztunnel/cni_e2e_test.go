@@ -690,6 +690,24 @@ func TestCNIEndToEnd(t *testing.T) {
 		}
 	})
 
+	t.Run("ztunnel killed: a new pod's ADD waits for the next one", func(t *testing.T) {
+		dead := m.zt["node-a"]
+		dead.Process.Kill()
+		dead.Wait()
+		// The agent still counts the dead connection; it learns on sending.
+		m.startZtunnel(ctx, t, m.ztBin, "node-a", 0, a.zdsSock)
+		p, err := m.runPod(t, "shop", "after-crash", "node-a")
+		if err != nil {
+			t.Fatalf("ADD while ztunnel restarts after a crash: %v", err)
+		}
+		eventually(t, 10*time.Second, "the new pod's traffic through the new ztunnel", func() bool {
+			return echoFrom(p, shopServer.ip, "after the crash") == nil
+		})
+		if got := a.agentMetric(t, "strait_cni_agent_ztunnel_connections"); got != 1 {
+			t.Errorf("the agent counts %v ztunnels, want 1 (the dead one dropped)", got)
+		}
+	})
+
 	t.Run("DEL cleans every rule", func(t *testing.T) {
 		probesBefore := hostProbePods(t, a)
 		if !slices.Contains(probesBefore, shopClient.ip) {
@@ -716,8 +734,8 @@ func TestCNIEndToEnd(t *testing.T) {
 		if slices.Contains(hostProbePods(t, a), shopClient.ip) {
 			t.Fatal("DEL left the pod in the host probe set")
 		}
-		if got := a.agentMetric(t, "strait_cni_agent_enrolled_pods"); got != 1 {
-			t.Errorf("after DEL node-a's agent has %v enrolled pods, want 1", got)
+		if got := a.agentMetric(t, "strait_cni_agent_enrolled_pods"); got != 2 {
+			t.Errorf("after DEL node-a's agent has %v enrolled pods, want 2 (late, after-crash)", got)
 		}
 	})
 }
