@@ -95,7 +95,7 @@ type member struct {
 	uid  types.UID
 	info zds.WorkloadInfo
 	ips  []netip.Addr
-	ns   nsFile
+	ns   *os.File
 }
 
 // Agent is the node agent. Create it with New, then Run.
@@ -148,9 +148,6 @@ func New(cfg Config, m *Metrics) (*Agent, error) {
 // reconciled the node's pods and listens on both sockets.
 func (a *Agent) Ready() <-chan struct{} { return a.ready }
 
-// Backend is the rule backend in use.
-func (a *Agent) Backend() redirect.Backend { return a.rdr }
-
 // Run serves until ctx ends. The plugin socket opens first (ADDs wait
 // for the initial sync), ztunnels are accepted only after the node's pods
 // are reconciled, so the first replay is complete.
@@ -171,7 +168,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Add(1)
 	go func() { defer wg.Done(); errc <- csrv.serve(ctx) }()
 	wg.Add(1)
-	go func() { defer wg.Done(); errc <- a.kube.run(ctx, a.log) }()
+	go func() { defer wg.Done(); errc <- a.kube.run(ctx) }()
 
 	if err := a.kube.waitSynced(ctx); err != nil {
 		cancel()
@@ -240,7 +237,7 @@ func (a *Agent) acceptProxies(ctx context.Context, srv *zds.Server) {
 func (a *Agent) replay(ctx context.Context, c *zds.AgentConn) (int, error) {
 	for _, m := range a.members {
 		octx, cancel := context.WithTimeout(ctx, a.cfg.OpTimeout)
-		err := c.Add(octx, string(m.uid), m.info, m.ns.File)
+		err := c.Add(octx, string(m.uid), m.info, m.ns)
 		cancel()
 		if err != nil {
 			return 0, fmt.Errorf("agent: replay %s: %w", m.key, err)
@@ -294,7 +291,7 @@ func (a *Agent) enrollLocked(ctx context.Context, m *member, requireProxy bool) 
 	octx, cancel := context.WithTimeout(ctx, a.cfg.OpTimeout)
 	defer cancel()
 	_, err := a.prox.send(octx, func(ctx context.Context, c *zds.AgentConn) error {
-		return c.Add(ctx, string(m.uid), m.info, m.ns.File)
+		return c.Add(ctx, string(m.uid), m.info, m.ns)
 	})
 	a.m.proxies.Set(float64(a.prox.count()))
 	switch {
@@ -305,7 +302,7 @@ func (a *Agent) enrollLocked(ctx context.Context, m *member, requireProxy bool) 
 		a.m.errors.WithLabelValues("ztunnel").Inc()
 		return err
 	}
-	if err := a.applyRules(ctx, m.ns.File); err != nil {
+	if err := a.applyRules(ctx, m.ns); err != nil {
 		a.m.errors.WithLabelValues("rules").Inc()
 		a.prox.send(octx, func(ctx context.Context, c *zds.AgentConn) error { return c.Del(ctx, string(m.uid)) })
 		m.ns.Close()
@@ -320,7 +317,7 @@ func (a *Agent) enrollLocked(ctx context.Context, m *member, requireProxy bool) 
 // unenrollLocked removes the pod's rules (if its namespace still exists),
 // then tells every ztunnel, which drains the pod's connections.
 func (a *Agent) unenrollLocked(ctx context.Context, m *member, why string) {
-	if err := a.removeRules(ctx, m.ns.File); err != nil {
+	if err := a.removeRules(ctx, m.ns); err != nil {
 		a.m.errors.WithLabelValues("rules").Inc()
 		a.log.Warn("removing the pod's rules failed", zap.String("pod", m.key), zap.Error(err))
 	}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"time"
 
-	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -84,7 +83,7 @@ func newKubeWatch(cfg Config) (*kubeWatch, error) {
 	return k, nil
 }
 
-func (k *kubeWatch) run(ctx context.Context, log *zap.Logger) error {
+func (k *kubeWatch) run(ctx context.Context) error {
 	k.pods.Start(ctx.Done())
 	k.nss.Start(ctx.Done())
 	<-ctx.Done()

@@ -24,12 +24,6 @@ type finder struct {
 	self     string // a path to the node's namespace (the agent's own)
 }
 
-// nsFile is an open network namespace and its inode.
-type nsFile struct {
-	*os.File
-	ino uint64
-}
-
 func nsIno(path string) (uint64, error) {
 	var st unix.Stat_t
 	if err := unix.Stat(path, &st); err != nil {
@@ -39,22 +33,17 @@ func nsIno(path string) (uint64, error) {
 }
 
 // openNS opens path and checks it is a network namespace.
-func openNS(path string) (nsFile, error) {
+func openNS(path string) (*os.File, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nsFile{}, fmt.Errorf("agent: open netns %s: %w", path, err)
-	}
-	var st unix.Stat_t
-	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
-		f.Close()
-		return nsFile{}, fmt.Errorf("agent: netns %s: %w", path, err)
+		return nil, fmt.Errorf("agent: open netns %s: %w", path, err)
 	}
 	var fs unix.Statfs_t
 	if err := unix.Fstatfs(int(f.Fd()), &fs); err != nil || fs.Type != unix.NSFS_MAGIC {
 		f.Close()
-		return nsFile{}, fmt.Errorf("agent: %s is not a network namespace", path)
+		return nil, fmt.Errorf("agent: %s is not a network namespace", path)
 	}
-	return nsFile{File: f, ino: st.Ino}, nil
+	return f, nil
 }
 
 // candidates lists one path per distinct namespace other than the node's,
@@ -133,20 +122,20 @@ func addrs(path string) ([]netip.Addr, error) {
 var errNoNetns = errors.New("no network namespace on this node has the pod's IP")
 
 // byIP opens the namespace holding one of ips (a running pod's).
-func (f *finder) byIP(ips []netip.Addr) (nsFile, error) {
+func (f *finder) byIP(ips []netip.Addr) (*os.File, error) {
 	all, err := f.index()
 	if err != nil {
-		return nsFile{}, err
+		return nil, err
 	}
 	for _, ip := range ips {
 		switch path, ok := all[ip]; {
 		case ok && path == "":
-			return nsFile{}, fmt.Errorf("agent: %s is in more than one network namespace on this node: not guessing which is the pod's", ip)
+			return nil, fmt.Errorf("agent: %s is in more than one network namespace on this node: not guessing which is the pod's", ip)
 		case ok:
 			return openNS(path)
 		}
 	}
-	return nsFile{}, fmt.Errorf("agent: %v: %w", ips, errNoNetns)
+	return nil, fmt.Errorf("agent: %v: %w", ips, errNoNetns)
 }
 
 // index maps every non-loopback address in every pod namespace to a path

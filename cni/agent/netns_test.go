@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"context"
 	"net/netip"
+	"os"
 	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -35,8 +37,8 @@ func TestFinderByIP(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer got.Close()
-	if want, _ := nsIno(b.Path()); got.ino != want {
-		t.Fatalf("10.240.1.3 found in netns inode %d, want b's %d", got.ino, want)
+	if ino, want := fileIno(t, got), pathIno(t, b.Path()); ino != want {
+		t.Fatalf("10.240.1.3 found in netns inode %d, want b's %d", ino, want)
 	}
 	if _, err := f.byIP([]netip.Addr{netip.MustParseAddr("10.240.1.9")}); err == nil || !strings.Contains(err.Error(), "more than one") {
 		t.Fatalf("address in two namespaces: %v, want a refusal to guess", err)
@@ -75,8 +77,26 @@ func TestFinderThroughProc(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer got.Close()
-	want, _ := nsIno("/proc/" + strconv.Itoa(cmd.Process.Pid) + "/ns/net")
-	if got.ino != want {
-		t.Fatalf("found inode %d, want the process's %d", got.ino, want)
+	want := pathIno(t, "/proc/"+strconv.Itoa(cmd.Process.Pid)+"/ns/net")
+	if ino := fileIno(t, got); ino != want {
+		t.Fatalf("found inode %d, want the process's %d", ino, want)
 	}
+}
+
+func fileIno(t *testing.T, f *os.File) uint64 {
+	t.Helper()
+	fi, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Sys().(*syscall.Stat_t).Ino
+}
+
+func pathIno(t *testing.T, path string) uint64 {
+	t.Helper()
+	ino, err := nsIno(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ino
 }

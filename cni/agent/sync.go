@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"strings"
 
 	"go.uber.org/zap"
@@ -16,7 +17,7 @@ import (
 	"github.com/strait-mesh/strait/cni/zds"
 )
 
-func newMember(p *corev1.Pod, ns nsFile, ips []netip.Addr) *member {
+func newMember(p *corev1.Pod, ns *os.File, ips []netip.Addr) *member {
 	sa := p.Spec.ServiceAccountName
 	if sa == "" {
 		sa = "default"
@@ -115,11 +116,11 @@ func (a *Agent) reconcile(ctx context.Context) {
 		if err != nil {
 			continue
 		}
+		f, err := openNS(path)
+		if err != nil {
+			continue
+		}
 		if a.wantEnrolled(p, nsl) {
-			f, err := openNS(path)
-			if err != nil {
-				continue
-			}
 			if err := a.enrollLocked(ctx, newMember(p, f, ips), false); err != nil {
 				a.log.Warn("re-enrolling a pod failed", zap.String("pod", podKey(p.Namespace, p.Name)), zap.Error(err))
 				continue
@@ -128,22 +129,18 @@ func (a *Agent) reconcile(ctx context.Context) {
 			continue
 		}
 		installed := false
-		_ = redirect.InNetNS(path, func() error {
+		_ = redirect.InNetNS(f, func() error {
 			installed, _ = a.rdr.Installed(ctx)
 			return nil
 		})
 		if installed {
-			f, err := openNS(path)
-			if err != nil {
-				continue
-			}
-			if err := a.removeRules(ctx, f.File); err != nil {
+			if err := a.removeRules(ctx, f); err != nil {
 				a.log.Warn("removing a left-over ruleset failed", zap.String("pod", podKey(p.Namespace, p.Name)), zap.Error(err))
 			} else {
 				cleaned++
 			}
-			f.Close()
 		}
+		f.Close()
 	}
 	a.log.Info("reconciled the node's pods", zap.Int("enrolled", enrolled), zap.Int("rules removed", cleaned))
 }
