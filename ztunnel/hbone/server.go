@@ -289,10 +289,11 @@ func (s *Server) serveConn(nc net.Conn) {
 			return
 		}
 		// Accepted before the listener closed, handshaken after Shutdown
-		// began: drain it like the others rather than cut it. The GOAWAY
-		// tells the peer which of its streams were not taken, and it
-		// retries them on a new connection (to the proxy now bound in
-		// this one's place, on a restart).
+		// began: rather than cut it, send GOAWAY before reading a single
+		// frame, so it takes no stream; the peer retries them all on a
+		// new connection (to the proxy now bound in this one's place, on
+		// a restart). A stream read first would race the GOAWAY.
+		hc.GoAway()
 		hc.Start()
 		_ = hc.Shutdown(drain)
 		hc.Wait()

@@ -971,9 +971,11 @@ func (c *Conn) onGoAway(f *http2.GoAwayFrame) {
 	c.checkDrainedLocked()
 }
 
-// Shutdown sends GOAWAY, refuses new streams, waits until the open streams
-// end or ctx is done, then closes the connection.
-func (c *Conn) Shutdown(ctx context.Context) error {
+// GoAway sends GOAWAY once, without waiting: streams the peer opened up
+// to now are served, later ones refused (the peer retries them on another
+// connection). Called before Start it refuses every stream. Shutdown
+// calls it, then waits for the streams to finish.
+func (c *Conn) GoAway() {
 	c.mu.Lock()
 	first := !c.goAwaySent
 	c.goAwaySent = true
@@ -983,6 +985,12 @@ func (c *Conn) Shutdown(ctx context.Context) error {
 	if first {
 		c.queueCtl(ctlFrame{kind: ctlGoAway, streamID: last, code: http2.ErrCodeNo})
 	}
+}
+
+// Shutdown sends GOAWAY, refuses new streams, waits until the open streams
+// end or ctx is done, then closes the connection.
+func (c *Conn) Shutdown(ctx context.Context) error {
+	c.GoAway()
 	var err error
 	select {
 	case <-c.drained:
